@@ -1,0 +1,400 @@
+"""Shared plumbing for the single-file scripts: data on the device, evaluation, seeding, logging, checkpoints.
+
+Nothing here is algorithm code. Every script calls these functions through `common.<name>` so tests can
+monkeypatch them. The data protocol follows the official FQL code (seohongpark/fql, `envs/env_utils.py`) and
+OGBench (`ogbench/utils.py`, `relabel_utils.py`); the Minari side reproduces the D4RL processing FQL applies.
+See the README, "Data protocol", for the choices made where Minari differs from D4RL.
+"""
+import csv
+import json
+import os
+import random
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+ACTION_CLIP = 1 - 1e-5  # dataset actions are clipped to +-(1 - 1e-5), as in FQL's env_utils
+REGENERABLE = re.compile(r"^(cube-(single|double|triple)|scene|puzzle-(3x3|4x4))-(play|noisy)-v0$|"
+                         r"^pointmaze-(medium|large|giant)-(navigate|stitch)-v0$")
+# D4RL names used in the papers -> the Minari re-release of the same task.
+D4RL_ALIASES = {f"antmaze-{m}-v2": f"D4RL/antmaze/{m}-v1"
+                for m in ["umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse"]}
+D4RL_ALIASES.update({f"{e}-{k}-v1": f"D4RL/{e}/{k}-v2"
+                     for e in ["pen", "door", "hammer", "relocate"] for k in ["human", "cloned", "expert"]})
+D4RL_ALIASES.update({f"{e}-{k}-v2": f"mujoco/{e}/{k}-v0"
+                     for e in ["halfcheetah", "hopper", "walker2d", "ant"] for k in ["medium", "expert"]})
+ADROIT_HORIZON = {"pen": 100, "door": 200, "hammer": 200, "relocate": 200}  # D4RL episode lengths
+ADROIT_REF = {"pen": (96.262799, 3076.8331017826877), "door": (-56.512833, 2880.5693087298737),  # d4rl/infos.py
+              "hammer": (-274.856578, 12794.134825156867), "relocate": (-6.425911, 4233.877797728884)}
+FAMILIES = ("OGBench '<env>-<dataset>-singletask[-taskN]-v0', Minari 'D4RL/...' or 'mujoco/...', "
+            f"a D4RL alias ({', '.join(list(D4RL_ALIASES)[:3])}, ...), or 'bandit-4gaussian'")
+
+
+# ---------------------------------------------------------------------------------------------------- device, seed
+def get_device(name: str) -> torch.device:
+    """'auto' takes CUDA when present and says loudly when it falls back to the CPU; 'cuda' without a GPU raises."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no GPU; use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+        if name == "cpu":
+            print("=" * 80 + "\nNO GPU FOUND: running on the CPU (pass --device cpu to silence this)\n" + "=" * 80)
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seeds python, numpy and torch. Bit-exact cuBLAS also needs CUBLAS_WORKSPACE_CONFIG=:4096:8."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def default_offline_steps(env_id: str) -> int:
+    """The papers' budgets: 1M gradient steps on OGBench, 500K on D4RL/Minari (FQL README), 5K on the toy bandit."""
+    if env_id == "bandit-4gaussian":
+        return 5_000
+    return 1_000_000 if "singletask" in env_id else 500_000
+
+
+# ---------------------------------------------------------------------------------------------------- data
+@dataclass
+class Dataset:
+    """Transitions as device tensors with room to grow (online fine-tuning appends with `add`).
+
+    Rows [0, size) are valid. `masks` = 0 where the value must not bootstrap (task solved / true terminal);
+    `terminals` = 1 on the last transition of each episode (trajectory bookkeeping only, never used to bootstrap).
+    """
+
+    observations: torch.Tensor  # [C, D]
+    actions: torch.Tensor  # [C, A]
+    rewards: torch.Tensor  # [C]
+    next_observations: torch.Tensor  # [C, D]
+    masks: torch.Tensor  # [C]
+    terminals: torch.Tensor  # [C]
+    size: int
+
+    KEYS = ("observations", "actions", "rewards", "next_observations", "masks", "terminals")
+
+    @classmethod
+    def from_numpy(cls, data: dict, device: torch.device, capacity: Optional[int] = None) -> "Dataset":
+        n = len(data["observations"])
+        capacity = max(capacity or n, n)
+        tensors = {}
+        for k in cls.KEYS:
+            x = torch.as_tensor(np.asarray(data[k], dtype=np.float32), device=device)
+            tensors[k] = torch.cat([x, x.new_zeros((capacity - n,) + x.shape[1:])]) if capacity > n else x
+        return cls(**tensors, size=n)
+
+    def add(self, **transitions: torch.Tensor) -> None:
+        """Appends a batch of transitions (same keys as the dataset, leading dim = count) in place."""
+        n = len(transitions["observations"])
+        if self.size + n > len(self.observations):
+            raise ValueError(f"dataset is full ({len(self.observations)} rows); build it with a larger capacity")
+        for k in self.KEYS:
+            getattr(self, k)[self.size:self.size + n] = transitions[k]
+        self.size += n
+
+    def sample(self, batch_size: int) -> dict:
+        """Uniform with replacement over all rows, as FQL does (np.random.randint); an index gather on the device."""
+        idx = torch.randint(self.size, (batch_size,), device=self.observations.device)
+        return {k: getattr(self, k)[idx] for k in self.KEYS}
+
+    def sample_chunks(self, batch_size: int, horizon: int, discount: float) -> dict:
+        """Action chunks of length h for Q-chunking (specs/qam.md §2.1), start index uniform in [0, size - h].
+
+        Rewards, masks and the next observation stop at the end of the episode: steps after the first
+        terminal are dropped from R = sum_j discount^j r_j, from the mask (min over steps) and from the choice of
+        s'. `valid` is 0 when the chunk's actions run past the episode end; losses weight those samples out.
+        Returns observations [B, D], actions [B, h, A], rewards [B], masks [B], valid [B], next_observations [B, D].
+        """
+        dev = self.observations.device
+        start = torch.randint(self.size - horizon + 1, (batch_size,), device=dev)
+        idx = start[:, None] + torch.arange(horizon, device=dev)  # [B, h]
+        term = self.terminals[idx]
+        in_episode = (torch.cumsum(term, 1) - term) == 0  # step j is before or at the first episode end
+        w = in_episode.float()
+        powers = discount ** torch.arange(horizon, device=dev, dtype=torch.float32)
+        last = idx.gather(1, (in_episode.sum(1, keepdim=True) - 1)).squeeze(1)
+        return {
+            "observations": self.observations[start],
+            "actions": self.actions[idx],
+            "rewards": (self.rewards[idx] * w * powers).sum(1),
+            "masks": torch.where(in_episode, self.masks[idx], torch.ones_like(w)).amin(1),
+            "valid": in_episode.all(1).float(),
+            "next_observations": self.next_observations[last],
+        }
+
+
+@dataclass
+class Task:
+    """What a training script needs about its environment: data, evaluation envs and the score definition."""
+
+    env_id: str
+    train: Dataset
+    val: Optional[Dataset]
+    make_env: Optional[Callable[[], gym.Env]]  # one evaluation env (None for the bandit)
+    score: Optional[Callable[[np.ndarray], np.ndarray]] = None  # episodic return -> normalised score x100
+    max_episode_steps: int = 1
+
+
+def load_task(env_id: str, device: torch.device) -> Task:
+    """Dispatches on the id: bandit, OGBench single-task, a D4RL alias, or a Minari dataset id."""
+    if env_id == "bandit-4gaussian":
+        return _bandit_task(device)
+    if env_id in D4RL_ALIASES:
+        print(f"D4RL alias: {env_id} -> Minari dataset {D4RL_ALIASES[env_id]}")
+        env_id = D4RL_ALIASES[env_id]
+    if "singletask" in env_id:
+        return _ogbench_task(env_id, device)
+    if env_id.count("/") >= 1:
+        return _minari_task(env_id, device)
+    raise ValueError(f"unknown --env-id {env_id!r}: use {FAMILIES}")
+
+
+def _ogbench_task(env_id: str, device: torch.device) -> Task:
+    import ogbench
+
+    splits = env_id.split("-")
+    pos = splits.index("singletask")
+    name = "-".join(splits[:pos] + splits[-1:])  # the data file: '...-singletask[-taskN]' removed
+    data_dir = ogbench_data_dir()
+    if not os.path.exists(os.path.join(data_dir, f"{name}.npz")):
+        try:
+            ogbench.download_datasets([name], data_dir)
+        except Exception as e:  # noqa: BLE001 (any download failure gives the same advice)
+            fix = (f"regenerate it with `python collect.py {name}`" if REGENERABLE.match(name)
+                   else "it needs an expert policy to regenerate: fetch the official file on a networked machine")
+            raise FileNotFoundError(f"OGBench dataset {name} is not in {data_dir} and could not be downloaded "
+                                    f"({type(e).__name__}); {fix}") from None
+    env, train, val = ogbench.make_env_and_datasets(env_id, dataset_dir=data_dir)
+    env.close()
+    for d in (train, val):
+        d["actions"] = np.clip(d["actions"], -ACTION_CLIP, ACTION_CLIP)
+    make_env = lambda: ogbench.make_env_and_datasets(env_id, env_only=True)  # noqa: E731
+    steps = gym.spec("-".join(splits[:pos - 1] + splits[pos:])).max_episode_steps
+    return Task(env_id, Dataset.from_numpy(train, device), Dataset.from_numpy(val, device), make_env, None, steps)
+
+
+def ogbench_data_dir() -> str:
+    """Folder that holds OGBench `.npz` files: $OGBENCH_DATA_DIR, else OGBench's own default."""
+    return os.path.expanduser(os.environ.get("OGBENCH_DATA_DIR", "~/.ogbench/data"))
+
+
+def _minari_task(dataset_id: str, device: torch.device) -> Task:
+    import minari
+
+    try:
+        ds = minari.load_dataset(dataset_id, download=False)
+    except Exception:  # noqa: BLE001 (not on disk: try the hub once, then give the fix)
+        try:
+            ds = minari.load_dataset(dataset_id, download=True)
+        except Exception as e:  # noqa: BLE001
+            raise FileNotFoundError(
+                f"Minari dataset {dataset_id} is not in {os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}"
+                f" and could not be downloaded ({type(e).__name__}); run `minari download {dataset_id}` on a "
+                "networked machine and copy it there") from None
+    family = dataset_id.split("/")[1]
+    antmaze = family == "antmaze"
+    goal = None
+    if antmaze:  # single-task relabelling to the evaluation goal (d4rl semantics), see README "Data protocol"
+        goal = np.asarray(ds.recover_environment(eval_env=True).unwrapped.maze.unique_goal_locations[0])
+    cols = {k: [] for k in Dataset.KEYS}
+    for ep in ds.iterate_episodes():
+        obs = ep.observations
+        if antmaze:  # d4rl's 29-D observation = [x, y, 27 joint positions/velocities]
+            obs = np.concatenate([obs["achieved_goal"], obs["observation"]], -1)
+        T = len(ep.rewards)
+        term = np.asarray(ep.terminations, dtype=np.float32)
+        if antmaze:
+            success = (np.linalg.norm(ep.observations["achieved_goal"][1:] - goal, axis=-1) <= 0.5).astype(np.float32)
+            rewards, masks = success - 1.0, 1.0 - success
+        else:
+            rewards, masks = np.asarray(ep.rewards, dtype=np.float32), 1.0 - term
+        ends = term.copy()
+        ends[-1] = 1.0
+        for k, v in zip(Dataset.KEYS, (obs[:T], ep.actions, rewards, obs[1:T + 1], masks, ends)):
+            cols[k].append(np.asarray(v, dtype=np.float32))
+    data = {k: np.concatenate(v) for k, v in cols.items()}
+    data["actions"] = np.clip(data["actions"], -ACTION_CLIP, ACTION_CLIP)
+
+    env_kwargs, score = {}, None
+    if antmaze:
+        env_kwargs = dict(continuing_task=False)  # the episode ends at the goal: return = success in {0, 1}
+        score = lambda ret: 100.0 * ret  # noqa: E731  (d4rl antmaze reference scores are 0 and 1)
+    elif family in ADROIT_HORIZON:
+        env_kwargs = dict(max_episode_steps=ADROIT_HORIZON[family])
+        lo, hi = ADROIT_REF[family]
+        score = lambda ret: 100.0 * (ret - lo) / (hi - lo)  # noqa: E731
+    elif "ref_max_score" in ds.storage.metadata:
+        score = lambda ret: 100.0 * np.asarray(minari.get_normalized_score(ds, ret))  # noqa: E731
+
+    def make_env():
+        env = ds.recover_environment(eval_env=True, **env_kwargs)
+        if antmaze:
+            space = gym.spaces.Box(-np.inf, np.inf, (29,), np.float64)
+            env = gym.wrappers.TransformObservation(
+                env, lambda o: np.concatenate([o["achieved_goal"], o["observation"]]), space)
+        return env
+
+    probe = make_env()
+    steps = probe.spec.max_episode_steps
+    probe.close()
+    return Task(dataset_id, Dataset.from_numpy(data, device), None, make_env, score, steps)
+
+
+# The four-Gaussian bandit of DriftQL Fig. 1 (reconstruction in specs/driftql.md §9): modes in a cross,
+# right and bottom tied for the best reward.
+BANDIT_CENTRES = np.array([[0.8, 0.0], [0.0, -0.8], [0.0, 0.8], [-0.8, 0.0]], dtype=np.float32)  # R, B, T, L
+BANDIT_PEAKS = np.array([5.0, 5.0, 1.5, 0.0], dtype=np.float32)
+BANDIT_NAMES = ("right", "bottom", "top", "left")
+
+
+def bandit_reward(a: np.ndarray) -> np.ndarray:
+    """r(a) = max_m (peak_m - 80 |a - c_m|^2) for actions [..., 2]."""
+    d2 = ((a[..., None, :] - BANDIT_CENTRES) ** 2).sum(-1)
+    return (BANDIT_PEAKS - 80.0 * d2).max(-1)
+
+
+def _bandit_task(device: torch.device, n: int = 10_000) -> Task:
+    rng = np.random.default_rng(0)
+    a = BANDIT_CENTRES[np.arange(n) % 4] + 0.05 * rng.standard_normal((n, 2)).astype(np.float32)
+    a = np.clip(a, -1, 1)
+    obs = np.zeros((n, 2), dtype=np.float32)
+    data = dict(observations=obs, actions=np.clip(a, -ACTION_CLIP, ACTION_CLIP), rewards=bandit_reward(a),
+                next_observations=obs, masks=np.zeros(n), terminals=np.ones(n))
+    return Task("bandit-4gaussian", Dataset.from_numpy(data, device), None, None, None, 1)
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], task: Task, num_episodes: int, seed: int,
+             png_path: Optional[str] = None) -> dict:
+    """Runs `num_episodes` episodes side by side in a vector env, one policy call per step on the whole batch.
+
+    OGBench: success = the final step's info['success'] (FQL's protocol). Minari: episodic return and, where the
+    task defines one, the normalised score x100. The bandit evaluates 1,000 samples at s = 0 instead.
+    """
+    device = task.train.observations.device
+    if task.make_env is None:
+        return evaluate_bandit(policy, device, png_path)
+    envs = gym.vector.SyncVectorEnv([task.make_env] * num_episodes)
+    obs, _ = envs.reset(seed=seed)
+    ret, length, success = np.zeros(num_episodes), np.zeros(num_episodes), np.zeros(num_episodes)
+    done = np.zeros(num_episodes, dtype=bool)
+    while not done.all():
+        action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device))
+        action = np.clip(action.cpu().numpy(), -1, 1)
+        obs, reward, terminated, truncated, info = envs.step(action)
+        live = ~done
+        ret[live] += reward[live]
+        length[live] += 1
+        ended = live & (terminated | truncated)
+        if "success" in info:
+            success[ended] = np.asarray(info["success"], dtype=np.float64)[ended]
+        done |= ended  # the vector env resets finished envs on the next step; their later steps are ignored
+    envs.close()
+    out = {"episodic_return": ret.mean(), "episodic_length": length.mean(), "success_rate": success.mean()}
+    if task.score is not None:
+        out["normalized_score"] = float(np.mean(task.score(ret)))
+    return out
+
+
+@torch.no_grad()
+def evaluate_bandit(policy: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                    png_path: Optional[str] = None, n: int = 1000) -> dict:
+    """Fraction of n samples within 0.2 of each mode centre and between modes; optional PNG like DriftQL Fig. 1."""
+    a = policy(torch.zeros(n, 2, device=device)).clamp(-1, 1).cpu().numpy()
+    near = np.linalg.norm(a[:, None] - BANDIT_CENTRES, axis=-1) < 0.2  # [n, 4]
+    out = {f"frac_{m}": near[:, i].mean() for i, m in enumerate(BANDIT_NAMES)}
+    out["frac_between"] = 1.0 - near.any(1).mean()
+    out["episodic_return"] = bandit_reward(a).mean()
+    if png_path:
+        save_bandit_png(a, png_path)
+    return out
+
+
+def save_bandit_png(actions: np.ndarray, path: str, size: int = 440) -> None:
+    """Samples (black) over the reward landscape (dark blue = -4 or less, yellow = 5), axes [-1.1, 1.1]."""
+    from PIL import Image
+
+    lin = np.linspace(-1.1, 1.1, size, dtype=np.float32)
+    grid = np.stack(np.meshgrid(lin, -lin), -1)  # image rows go top to bottom
+    r = np.clip((bandit_reward(grid) + 4) / 9, 0, 1)[..., None]
+    img = ((1 - r) * np.array([30, 40, 110]) + r * np.array([250, 225, 60])).astype(np.uint8)
+    px = np.clip(((actions + 1.1) / 2.2 * (size - 1)).round().astype(int), 1, size - 2)
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            img[size - 1 - px[:, 1] + dy, px[:, 0] + dx] = 0
+    Image.fromarray(img).save(path)
+
+
+# ---------------------------------------------------------------------------------------------------- logging
+def start_run(args, script: str) -> tuple:
+    """Makes runs/<env>__<exp>__<seed>__<time>/ with args.json, a tensorboard writer (+ wandb on --track)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path(args.runs_dir) / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "args.json").write_text(json.dumps({"script": script, **asdict(args)}, indent=2))
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=asdict(args), name=run_name,
+                   sync_tensorboard=True, dir=str(run_dir))
+    writer = SummaryWriter(str(run_dir))
+    table = "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+    return run_dir, writer
+
+
+def log_scalars(writer, prefix: str, metrics: dict, step: int) -> dict:
+    """Writes `prefix/name` scalars (one host sync for all of them) and returns them as floats."""
+    values = {k: float(v) for k, v in metrics.items()}
+    for k, v in values.items():
+        writer.add_scalar(f"{prefix}/{k}", v, step)
+    return values
+
+
+def append_csv(path: Path, step: int, metrics: dict) -> None:
+    """Appends one row to eval.csv (header written on first use)."""
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["step", *metrics])
+        if new:
+            w.writeheader()
+        w.writerow({"step": step, **metrics})
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, algo: str, step: int, args, nets: torch.nn.Module, opt) -> None:
+    """One self-describing file; written to a temp name first so a crash never leaves a half checkpoint."""
+    payload = {"algo": algo, "step": step, "args": asdict(args), "nets": nets.state_dict(),
+               "optimizer": opt.state_dict() if opt is not None else None}
+    tmp = Path(str(path) + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, algo: str, device: torch.device) -> dict:
+    """Loads a checkpoint and refuses one written by another script."""
+    payload = torch.load(path, map_location=device, weights_only=True)
+    if payload.get("algo") != algo:
+        raise ValueError(f"{path} was written by {payload.get('algo')}.py, not {algo}.py: load it with that script")
+    return payload
+
+
+def check_finite(bad_step: torch.Tensor, ckpt_path: Path) -> None:
+    """Stops training when any loss went NaN/inf; `bad_step` (device scalar) is the first such step or -1."""
+    step = int(bad_step)
+    if step >= 0:
+        kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was saved yet"
+        raise FloatingPointError(f"loss became NaN/inf at step {step}; stopped, {kept}")
