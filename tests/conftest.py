@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny OGBench datasets regenerated with collect.py into a temp data folder."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+import collect  # noqa: E402
+
+MAZE_ID = "pointmaze-medium-navigate-singletask-task3-v0"
+CUBE_ID = "cube-single-play-singletask-task2-v0"
+
+
+@pytest.fixture(scope="session")
+def ogbench_dir(tmp_path_factory):
+    """$OGBENCH_DATA_DIR with a 4-episode pointmaze-medium-navigate and a 3-episode cube-single-play dataset."""
+    out = str(tmp_path_factory.mktemp("ogbench_data"))
+    collect.main(collect.Args("pointmaze-medium-navigate-v0", data_dir=out, num_episodes=4, num_val_episodes=1,
+                              max_episode_steps=201, workers=1))
+    collect.main(collect.Args("cube-single-play-v0", data_dir=out, num_episodes=3, num_val_episodes=1,
+                              max_episode_steps=201, workers=1))
+    old = os.environ.get("OGBENCH_DATA_DIR")
+    os.environ["OGBENCH_DATA_DIR"] = out
+    yield out
+    if old is None:
+        os.environ.pop("OGBENCH_DATA_DIR")
+    else:
+        os.environ["OGBENCH_DATA_DIR"] = old
