@@ -189,8 +189,8 @@ def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
             tp.lerp_(sp, tau)
 
 
-def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> tuple[torch.Tensor, dict]:
-    """The summed FQL loss of one step and its diagnostics, all from the same parameter snapshot."""
+def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
+    """Every FQL loss term of one step (still attached to the graph) and its diagnostics, from one snapshot."""
     obs, actions = batch["observations"], batch["actions"]
     bc_flow, onestep, critic = nets["actor_bc_flow"], nets["actor_onestep_flow"], nets["critic"]
     # critic: TD target from the one-step policy at s' (no gradient)
@@ -218,21 +218,20 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> tuple[torch.Tensor, 
     if args.normalize_q_loss:
         q_loss = q_loss / q_pi.abs().mean().detach()
     actor_loss = bc_flow_loss + args.alpha * distill_loss + q_loss
-    total = critic_loss + actor_loss
-    metrics = dict(critic_loss=critic_loss, q_mean=q.mean(), q_max=q.max(), q_min=q.min(), actor_loss=actor_loss,
-                   bc_flow_loss=bc_flow_loss, distill_loss=distill_loss, q_loss=q_loss, q=q_pi.mean(),
-                   mse=((actor_actions.clamp(-1, 1) - actions) ** 2).mean(), total_loss=total)
-    return total, {k: v.detach() for k, v in metrics.items()}
+    return dict(critic_loss=critic_loss, q_mean=q.mean(), q_max=q.max(), q_min=q.min(), actor_loss=actor_loss,
+                bc_flow_loss=bc_flow_loss, distill_loss=distill_loss, q_loss=q_loss, q=q_pi.mean(),
+                mse=((actor_actions.clamp(-1, 1) - actions) ** 2).mean())
 
 
 def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args) -> dict:
     """One Adam step on critic + actor losses; the target moves from the pre-update critic, as in the official code."""
-    total, metrics = losses(nets, batch, args)
+    out = losses(nets, batch, args)
+    total = out["critic_loss"] + out["actor_loss"]
     opt.zero_grad(set_to_none=True)
     total.backward()
     soft_update_(nets["target_critic"], nets["critic"], args.tau)
     opt.step()
-    return metrics
+    return {**{k: v.detach() for k, v in out.items()}, "total_loss": total.detach()}
 
 
 @torch.no_grad()

@@ -3,11 +3,16 @@ import os
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 import collect  # noqa: E402
+
+# Tiny networks gain nothing from intra-op threads, and OpenMP spin-waiting on a busy core makes a 32-unit
+# matmul take milliseconds: one thread keeps the suite fast on a shared 2-core machine.
+torch.set_num_threads(1)
 
 MAZE_ID = "pointmaze-medium-navigate-singletask-task3-v0"
 CUBE_ID = "cube-single-play-singletask-task2-v0"
