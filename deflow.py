@@ -1,0 +1,326 @@
+"""DeFlow: Mu, "DeFlow: Decoupling Manifold Modeling and Value Maximization for Offline Policy Extraction",
+arXiv 2601.10471 (2026). Official code: github.com/muzhancun/DeFlow (JAX), `agents/deflow.py`, followed at commit
+d81dd59.
+
+A multi-step BC flow models the data; a refinement net moves its action by a residual held in a soft trust region:
+    BC flow      v_theta(s, x_t, t):  L_flow = mean (v_theta(s, (1-t) x0 + t a, t) - (a - x0))^2   (its only loss)
+    base action  a_b = sg(clip(Euler_K(v_theta, s, z))),  z ~ N(0, I)
+    refinement   f_phi(s, a_b) = da (unbounded),  action = clip(a_b + da, -1, 1)
+                 D = mean_{B,A} da^2,  L_refine = -mean_B Qbar(s, action) / sg(mean_B |Qbar|) + sg(alpha) * D
+    multiplier   alpha = exp(log_alpha), log_alpha_0 = 1:  L_alpha = -log_alpha * sg(D - delta)   (D -> delta)
+    critic       L_Q = mean_{j,B} (Q_j(s, a) - (r + discount * mask * agg_j Qtarget_j(s', a')))^2,
+                 a' = clip(a_b' + f_phi(s', a_b')) from the online flow and refinement with fresh noise
+One Adam step on L_Q + L_flow + L_refine + L_alpha (log alpha is one more parameter of the same optimiser).
+Qbar is the ensemble mean (critic frozen there). The deployed policy: K Euler steps from fresh noise, one refinement.
+
+Deviations from the official code:
+  1. PyTorch instead of JAX; Xavier-uniform init, tanh-GELU and LayerNorm eps 1e-6 reproduce the flax defaults.
+  2. --normalize-q-loss defaults to True: the official get_config says False, but every command in the official
+     README (every reported run) sets it to True.
+  3. OGBench evaluation uses the installed ogbench 1.2.2, which scores success on the pre-action state;
+     the FQL codebase DeFlow builds on was run with ogbench 1.1.0 ('post'). The OGBench README calls it negligible.
+  4. D4RL tasks are read from their Minari re-releases (see common.py and the README, "Data protocol").
+  5. Evaluation runs the episodes side by side in a vector env and also evaluates at the final step.
+  6. The logged `mse` reuses the refined actions of the actor loss; the official code draws a third sample for it
+     (same distribution, K fewer flow passes per step).
+  7. Validation losses on the OGBench val split are not logged (the official code logs them every 5K steps).
+  8. Not ported: offline-to-online training (--online_steps, fix_bc_flow_online), the fixed-alpha ablation
+     (use_lagrange=False), the unused max-Q and iterative-refinement samplers, and the pixel encoders.
+
+    python deflow.py --env-id bandit-4gaussian
+    python deflow.py --env-id cube-double-play-singletask-task2-v0 --delta 0.001
+    python deflow.py --env-id antmaze-large-navigate-singletask-task1-v0 --delta 0.01 --q-agg min
+"""
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+import torch.nn as nn
+import tyro
+
+import common
+
+
+@dataclass
+class Args:
+    # --- experiment
+    exp_name: str = Path(__file__).stem
+    """name of this experiment (run folder and checkpoint name)"""
+    seed: int = 0
+    """seed of python, numpy and torch; evaluation envs are seeded from it too"""
+    torch_deterministic: bool = True
+    """sets cudnn.deterministic and torch.use_deterministic_algorithms"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto takes CUDA when present and says so loudly when it falls back to the CPU"""
+    track: bool = False
+    """log to Weights & Biases as well as tensorboard"""
+    wandb_project_name: str = "offline-generative-rl"
+    """the wandb project"""
+    wandb_entity: Optional[str] = None
+    """the wandb entity (team)"""
+    save_model: bool = True
+    """save `<exp_name>.pt` in the run folder at every evaluation"""
+    runs_dir: str = "runs"
+    """parent folder of the run folders"""
+    # --- data and evaluation
+    env_id: str = "cube-single-play-singletask-task2-v0"
+    """OGBench single-task id, Minari dataset id, D4RL alias (antmaze-large-play-v2) or bandit-4gaussian"""
+    eval_interval: int = 100_000
+    """evaluate at step 1, every this many steps and at the end (official: 100K)"""
+    eval_episodes: int = 50
+    """episodes per evaluation (official: 50)"""
+    log_interval: int = 5_000
+    """write training metrics every this many steps (official: 5K)"""
+    # --- optimisation
+    offline_steps: Optional[int] = None
+    """gradient steps; default 1M on OGBench, 500K on D4RL/Minari (official), 5K on the bandit"""
+    batch_size: int = 256
+    """transitions per gradient step (official: 256)"""
+    lr: float = 3e-4
+    """Adam learning rate (official: 3e-4)"""
+    actor_hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
+    """hidden widths of the actor networks (official: 4 x 512)"""
+    value_hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
+    """hidden widths of each critic member (official: 4 x 512)"""
+    layer_norm: bool = True
+    """LayerNorm in the critic (official: True)"""
+    actor_layer_norm: bool = False
+    """LayerNorm in the actor networks (official: False)"""
+    # --- algorithm
+    discount: float = 0.99
+    """discount factor gamma (official: 0.99; 0.995 on antmaze-giant, humanoidmaze, antsoccer)"""
+    tau: float = 0.005
+    """Polyak rate of the target critic (official: 0.005)"""
+    q_agg: Literal["mean", "min"] = "mean"
+    """aggregation of the two target Qs in the TD target (official: mean; min on antmaze-large/giant, adroit)"""
+    delta: float = 0.001
+    """target divergence delta: bound on D = mean over batch and action dims of residual^2 (official
+    target_divergence: 0.001; 0.01 on antmaze/antsoccer, README table)"""
+    flow_steps: int = 10
+    """Euler steps K of the BC flow (official: 10)"""
+    normalize_q_loss: bool = True
+    """divide the Q loss by sg(mean |Q|) (official config: False, but True in every reported run)"""
+    eval_bc_flow: bool = False
+    """also evaluate the K-step BC flow on its own (the flow-BC baseline), logged as eval/bc_flow_*"""
+
+
+# ---------------------------------------------------------------------------------------------------- networks
+def mlp(in_dim: int, hidden: tuple, out_dim: int, layer_norm: bool) -> nn.Sequential:
+    """Linear -> GELU(tanh) [-> LayerNorm] per hidden layer, then Linear; Xavier-uniform weights, zero biases.
+    Mirrors flax's `MLP` in the official `utils/networks.py` (LayerNorm after the activation, eps 1e-6)."""
+    layers, d = [], in_dim
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.GELU(approximate="tanh")] + ([nn.LayerNorm(h, eps=1e-6)] if layer_norm else [])
+        d = h
+    layers.append(nn.Linear(d, out_dim))
+    for m in layers:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return nn.Sequential(*layers)
+
+
+class Critic(nn.Module):
+    """Ensemble of independently initialised Q-networks on concat[s, a]; returns [num_qs, B]."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: tuple, layer_norm: bool, num_qs: int = 2):
+        super().__init__()
+        self.qs = nn.ModuleList([mlp(obs_dim + action_dim, hidden, 1, layer_norm) for _ in range(num_qs)])
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, action], -1)
+        return torch.stack([q(x).squeeze(-1) for q in self.qs])
+
+
+class VectorField(nn.Module):
+    """BC flow v_theta(s, x, t) on concat[s, x, t], t a raw scalar feature (no time embedding)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: tuple, layer_norm: bool):
+        super().__init__()
+        self.net = mlp(obs_dim + action_dim + 1, hidden, action_dim, layer_norm)
+
+    def forward(self, obs: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, x, t], -1))
+
+
+class Refinement(nn.Module):
+    """Residual f_phi(s, a_base) on concat[s, a_base] (no time input); unbounded output, no tanh or scaling."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: tuple, layer_norm: bool):
+        super().__init__()
+        self.net = mlp(obs_dim + action_dim, hidden, action_dim, layer_norm)
+
+    def forward(self, obs: torch.Tensor, base_actions: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, base_actions], -1))
+
+
+class LogAlpha(nn.Module):
+    """The Lagrange multiplier as a learnable scalar log alpha; no clamp (official `Scalar`, init 1.0)."""
+
+    def __init__(self, init: float):
+        super().__init__()
+        self.value = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self) -> torch.Tensor:
+        return self.value
+
+
+def make_nets(args: Args, obs_dim: int, action_dim: int) -> nn.ModuleDict:
+    """The official module names; log alpha is a parameter like the others, so main's single Adam (shared lr, as
+    in the official optax chain) and the checkpoint cover it. `nets.flow_steps` carries K to `act`."""
+    critic = Critic(obs_dim, action_dim, args.value_hidden_dims, args.layer_norm)
+    nets = nn.ModuleDict(dict(
+        actor_bc_flow=VectorField(obs_dim, action_dim, args.actor_hidden_dims, args.actor_layer_norm),
+        refine_onestep_flow=Refinement(obs_dim, action_dim, args.actor_hidden_dims, args.actor_layer_norm),
+        log_alpha=LogAlpha(1.0),  # alpha_0 = e (the official comment's "2.3 = log 10" is not what the code uses)
+        critic=critic,
+        target_critic=copy.deepcopy(critic).requires_grad_(False),
+    ))
+    nets.flow_steps = args.flow_steps
+    return nets
+
+
+# ---------------------------------------------------------------------------------------------------- algorithm
+def flow_bc_loss(v: nn.Module, obs: torch.Tensor, actions: torch.Tensor, x0: torch.Tensor,
+                 t: torch.Tensor) -> torch.Tensor:
+    """Flow matching on the straight path x_t = (1-t) x0 + t a with target velocity a - x0; mean over [B, A]."""
+    xt = (1 - t) * x0 + t * actions
+    return ((v(obs, xt, t) - (actions - x0)) ** 2).mean()
+
+
+def euler_integrate(v, obs: torch.Tensor, z: torch.Tensor, steps: int) -> torch.Tensor:
+    """x_{k+1} = x_k + v(s, x_k, k/K) / K from x_0 = z; only the result is clipped to [-1, 1]. [B, A]"""
+    x = z
+    for k in range(steps):
+        x = x + v(obs, x, torch.full_like(x[:, :1], k / steps)) / steps
+    return x.clamp(-1, 1)
+
+
+def aggregate_q(q: torch.Tensor, how: str) -> torch.Tensor:
+    """[num_qs, B] -> [B] by mean or min over the ensemble."""
+    return q.mean(0) if how == "mean" else q.amin(0)
+
+
+def td_target(rewards, masks, next_q, discount: float) -> torch.Tensor:
+    """y = r + discount * mask * Q(s', a'); mask = 0 where the task is solved (never the time-limit terminals)."""
+    return rewards + discount * masks * next_q
+
+
+def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """target <- tau * source + (1 - tau) * target, in place."""
+    with torch.no_grad():
+        for tp, sp in zip(target.parameters(), source.parameters()):
+            tp.lerp_(sp, tau)
+
+
+def sample_actions(nets: nn.ModuleDict, obs: torch.Tensor, flow_steps: int) -> torch.Tensor:
+    """The official `sample_actions`: a_base = clip(Euler_K(v, s, z)), z ~ N(0, I), then clip(a_base + f(s, a_base))."""
+    z = torch.randn(obs.shape[0], nets["actor_bc_flow"].net[-1].out_features, device=obs.device)
+    base_actions = euler_integrate(nets["actor_bc_flow"], obs, z, flow_steps)
+    return (base_actions + nets["refine_onestep_flow"](obs, base_actions)).clamp(-1, 1)
+
+
+def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
+    """Every DeFlow loss term of one step (still attached to the graph) and its diagnostics, from one snapshot."""
+    obs, actions = batch["observations"], batch["actions"]
+    bc_flow, refine, critic = nets["actor_bc_flow"], nets["refine_onestep_flow"], nets["critic"]
+    # critic: TD target from the refined policy at s' (online flow and refinement, fresh noise, no gradient)
+    with torch.no_grad():
+        next_obs = batch["next_observations"]
+        next_actions = sample_actions(nets, next_obs, args.flow_steps)
+        next_q = aggregate_q(nets["target_critic"](next_obs, next_actions), args.q_agg)
+        y = td_target(batch["rewards"], batch["masks"], next_q, args.discount)
+    q = critic(obs, actions)  # [2, B]
+    critic_loss = ((q - y) ** 2).mean()
+    # actor: BC flow matching, the only loss that reaches the flow
+    bc_flow_loss = flow_bc_loss(bc_flow, obs, actions, torch.randn_like(actions), torch.rand_like(actions[:, :1]))
+    # refinement: a residual on the stop-gradient flow action; its mean square D over [B, A] is pushed to delta
+    with torch.no_grad():
+        base_actions = euler_integrate(bc_flow, obs, torch.randn_like(actions), args.flow_steps)
+    residual = refine(obs, base_actions)
+    distill_loss = (residual ** 2).mean()  # D, unclipped (the official name)
+    log_alpha = nets["log_alpha"]()
+    alpha = log_alpha.exp().detach()
+    alpha_loss = -log_alpha * (distill_loss.detach() - args.delta)  # d/d log_alpha = -(D - delta)
+    actor_actions = base_actions + residual
+    # actor: Q term. The critic is frozen while it is evaluated here, so this loss routes gradient only into the
+    # actor through the action; the critic's parameters get none of it (the same idiom in every script).
+    critic.requires_grad_(False)
+    q_pi = critic(obs, actor_actions.clamp(-1, 1)).mean(0)  # always the ensemble mean here
+    critic.requires_grad_(True)
+    q_loss = -q_pi.mean()
+    if args.normalize_q_loss:
+        q_loss = q_loss / q_pi.abs().mean().detach()
+    actor_loss = bc_flow_loss + alpha * distill_loss + q_loss + alpha_loss
+    return dict(critic_loss=critic_loss, q_mean=q.mean(), q_max=q.max(), q_min=q.min(), actor_loss=actor_loss,
+                bc_flow_loss=bc_flow_loss, distill_loss=distill_loss, q_loss=q_loss, q=q_pi.mean(),
+                alpha_loss=alpha_loss, alpha_value=alpha, mse=((actor_actions.clamp(-1, 1) - actions) ** 2).mean())
+
+
+def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args) -> dict:
+    """One Adam step on critic + actor losses; the target moves from the pre-update critic, as in the official code."""
+    out = losses(nets, batch, args)
+    total = out["critic_loss"] + out["actor_loss"]
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    soft_update_(nets["target_critic"], nets["critic"], args.tau)
+    opt.step()
+    return {**{k: v.detach() for k, v in out.items()}, "total_loss": total.detach()}
+
+
+@torch.no_grad()
+def act(nets: nn.ModuleDict, obs: torch.Tensor) -> torch.Tensor:
+    """Evaluation policy of the official code: K Euler steps from fresh noise, one refinement pass, clipped; no
+    best-of-N. [B, D] -> [B, A]"""
+    return sample_actions(nets, obs, nets.flow_steps)
+
+
+@torch.no_grad()
+def act_bc_flow(nets: nn.ModuleDict, obs: torch.Tensor, flow_steps: int) -> torch.Tensor:
+    """The flow-BC baseline: K Euler steps of the BC flow from fresh noise, clipped."""
+    z = torch.randn(obs.shape[0], nets["actor_bc_flow"].net[-1].out_features, device=obs.device)
+    return euler_integrate(nets["actor_bc_flow"], obs, z, flow_steps)
+
+
+# ---------------------------------------------------------------------------------------------------- training loop
+def main(args: Args) -> dict:
+    run_dir, writer = common.start_run(args, Path(__file__).stem)
+    common.seed_everything(args.seed, args.torch_deterministic)
+    device = common.get_device(args.device)
+    task = common.load_task(args.env_id, device)
+    steps = args.offline_steps or common.default_offline_steps(task.env_id)
+    print(f"{task.env_id}: {task.train.size} transitions, {steps} steps, run folder {run_dir}")
+    nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
+    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr)
+    ckpt_path = run_dir / f"{args.exp_name}.pt"
+    bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, kept on the device
+    result, t0 = {}, time.time()
+    for step in range(1, steps + 1):
+        metrics = update(nets, opt, task.train.sample(args.batch_size), args)
+        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
+        if step % args.log_interval == 0:
+            common.check_finite(bad_step, ckpt_path)
+            common.log_scalars(writer, "losses", metrics, step)
+            writer.add_scalar("charts/SPS", step / (time.time() - t0), step)
+        if step == 1 or step % args.eval_interval == 0 or step == steps:
+            common.check_finite(bad_step, ckpt_path)
+            result = common.evaluate(lambda o: act(nets, o), task, args.eval_episodes, args.seed + step,
+                                     png_path=str(run_dir / f"bandit_{step}.png"))
+            if args.eval_bc_flow:
+                bc = common.evaluate(lambda o: act_bc_flow(nets, o, args.flow_steps), task, args.eval_episodes,
+                                     args.seed + step, png_path=str(run_dir / f"bandit_bc_flow_{step}.png"))
+                result.update({f"bc_flow_{k}": v for k, v in bc.items()})
+            result = common.log_scalars(writer, "eval", result, step)
+            common.append_csv(run_dir / "eval.csv", step, result)
+            print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()))
+            if args.save_model:
+                common.save_checkpoint(ckpt_path, Path(__file__).stem, step, args, nets, opt)
+    writer.close()
+    return result
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
