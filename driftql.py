@@ -1,0 +1,336 @@
+"""Drift Q-Learning (DriftQL): Houssaini, Danesh, Abyaneh, Fujimoto, Lin, Meger, "Drift Q-Learning", arXiv 2606.00350.
+Official code: github.com/DT6A/driftql (JAX, built on FQL's code), `agents/driftql.py`, followed at commit 2da54d1.
+
+One noise-conditioned generator f_theta(s, eps) (no flow, no distillation) and FQL's critic, one Adam step on the sum:
+    drift samples  a_i = clip(f_theta(s, eps_i), -1, 1), i = 1..N, eps_i ~ N(0, I)             (Alg. 1, [B, N, A])
+    repulsion      w_ik = softmax_{k != i}(l_ik),  l_ik = -d_ik / temp (laplace) or -d_ik^2 / (2 temp^2) (gaussian),
+                   d_ik = |a_i - a_k| / sqrt(A),   V-_i = sum_{k != i} w_ik (a_k - a_i)           (Eqs. 8-10)
+    attraction     V+_i = a+ - a_i  (a+ the dataset action; one positive per state)                (Eq. 7)
+    drift loss     L_drift = mean_{B,N,A} (a_i - sg(clip(a_i + eta (V+_i - V-_i), -1, 1)))^2      (Eq. 11, per element)
+    actor          L_actor = alpha * L_drift - mean_B mean_j Q_j(s, clip(f_theta(s, eps)))      (Eq. 12, critic frozen)
+    critic         L_Q = mean_{j,B} (Q_j(s, a) - (r + discount * mask * agg_j Qbar_j(s', clip(f_theta(s', eps')))))^2
+The deployed policy is one forward pass of the generator with fresh noise eps ~ N(0, I) at every step.
+
+Deviations from the official code:
+  1. PyTorch instead of JAX; Xavier-uniform init, tanh-GELU and LayerNorm eps 1e-6 reproduce the flax defaults.
+  2. OGBench evaluation uses the installed ogbench 1.2.2, which scores success on the pre-action state;
+     DriftQL's runs used ogbench 1.1.0 ('post'). The OGBench README calls the difference negligible.
+  3. D4RL tasks are read from their Minari re-releases (see common.py and the README, "Data protocol"); the D4RL-v2
+     locomotion sets have no Minari re-release, so those README commands cannot be reproduced here.
+  4. Evaluation runs the episodes side by side in a vector env and also evaluates at the final step.
+  5. Validation losses on the OGBench val split are not logged (the official code logs them every 5K steps).
+  6. Pairwise distances are computed exactly from differences; the official code expands |x|^2 + |y|^2 - 2 x.y
+     (under TF32 on recent GPUs). The eps 1e-12 inside the square root and the finite self-mask distance 1e6 are kept.
+  7. The attraction softmax over positives is not computed: with the single dataset action per state it is
+     exactly 1, so V+ = a+ - a_i (the paper's Eq. 7), bit for bit what the official code produces.
+  8. Settings that no README command or config changes are constants, not flags: distance scaling by sqrt(A) (on),
+     drift normalisation (off), drift batch = the whole batch (official drift_batch_size 256 = batch_size),
+     mean ensemble aggregation in the actor's Q term (official q_agg_actor), no image encoder.
+  9. --offline-steps defaults to 500K on D4RL/Minari as the paper reports; the official flag default is 1M on every
+     task and no command overrides it. Pass --eval-episodes 100 (D4RL antmaze) or 10 (Adroit) as the configs do.
+ 10. Logs FQL's diagnostic `mse` (Q-term sample vs dataset action) in addition to the official metrics.
+Where paper and code differ this file follows the code (README, "DriftQL"): per-element mean in L_drift (Eq. 11
+sums over action dims), laplace as the default kernel (the paper's Sec. 5.5 says gaussian), min in the TD target by
+default, the step size eta, the finite self-mask (Alg. 1: +inf), N = 4 and noise dim 8 on cube-double (Table 5: N = 32).
+
+    python driftql.py --env-id bandit-4gaussian --actor-hidden-dims 64 64 --value-hidden-dims 64 64 --batch-size 64 \\
+        --lr 1e-3 --offline-steps 2500 --kernel gaussian --drift-temp 0.2 --alpha 0.1
+    python driftql.py --env-id antmaze-large-navigate-singletask-task1-v0 --alpha 10 --drift-temp 0.5 --q-agg mean
+    python driftql.py --env-id cube-single-play-singletask-task2-v0 --alpha 60 --drift-temp 0.02 --kernel gaussian \\
+        --discount 0.995 --q-agg mean
+    python driftql.py --env-id antmaze-large-play-v2 --alpha 3 --drift-temp 0.5 --kernel gaussian --discount 0.995 \\
+        --eval-episodes 100
+"""
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+import torch.nn as nn
+import tyro
+
+import common
+
+
+@dataclass
+class Args:
+    # --- experiment
+    exp_name: str = Path(__file__).stem
+    """name of this experiment (run folder and checkpoint name)"""
+    seed: int = 0
+    """seed of python, numpy and torch; evaluation envs are seeded from it too"""
+    torch_deterministic: bool = True
+    """sets cudnn.deterministic and torch.use_deterministic_algorithms"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto takes CUDA when present and says so loudly when it falls back to the CPU"""
+    track: bool = False
+    """log to Weights & Biases as well as tensorboard"""
+    wandb_project_name: str = "offline-generative-rl"
+    """the wandb project"""
+    wandb_entity: Optional[str] = None
+    """the wandb entity (team)"""
+    save_model: bool = True
+    """save `<exp_name>.pt` in the run folder at every evaluation"""
+    runs_dir: str = "runs"
+    """parent folder of the run folders"""
+    # --- data and evaluation
+    env_id: str = "cube-single-play-singletask-task2-v0"
+    """OGBench single-task id, Minari dataset id, D4RL alias (antmaze-large-play-v2) or bandit-4gaussian"""
+    eval_interval: int = 100_000
+    """evaluate at step 1, every this many steps and at the end (official: 100K)"""
+    eval_episodes: int = 50
+    """episodes per evaluation (official: 50)"""
+    log_interval: int = 5_000
+    """write training metrics every this many steps (official: 5K)"""
+    # --- optimisation
+    offline_steps: Optional[int] = None
+    """gradient steps; default 1M on OGBench, 500K on D4RL/Minari (paper; the official flag is 1M), 5K on the bandit"""
+    batch_size: int = 256
+    """transitions per gradient step (official: 256)"""
+    lr: float = 3e-4
+    """Adam learning rate (official: 3e-4)"""
+    actor_hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
+    """hidden widths of the actor networks (official: 4 x 512)"""
+    value_hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
+    """hidden widths of each critic member (official: 4 x 512)"""
+    layer_norm: bool = True
+    """LayerNorm in the critic (official: True)"""
+    actor_layer_norm: bool = False
+    """LayerNorm in the actor networks (official: False)"""
+    # --- algorithm
+    discount: float = 0.99
+    """discount factor gamma (official: 0.99; 0.995 or 0.998 on many tasks, README table)"""
+    tau: float = 0.005
+    """Polyak rate of the target critic (official: 0.005); the kernel temperature is --drift-temp"""
+    q_agg: Literal["mean", "min"] = "min"
+    """aggregation of the two target Qs in the TD target (official: min, unlike FQL; mean on many tasks, README)"""
+    alpha: float = 10.0
+    """drift-loss coefficient alpha in Eq. 12 (official default 10; tuned per task, Table 6)"""
+    drift_temp: float = 0.2
+    """kernel temperature tau of the repulsion weights, Eq. 10 and Alg. 1 (official default 0.2; tuned per task)"""
+    kernel: Literal["laplace", "gaussian"] = "laplace"
+    """repulsion kernel on sqrt(A)-scaled distances (official code default: laplace; tuned per task, Table 6)"""
+    drift_ngen: int = 32
+    """generated actions N per state in the drift loss (official: 32; 4 on cube-double)"""
+    noise_dim: Optional[int] = None
+    """dimension of the generator noise eps; None means the action dim (official: action dim; 8 on cube-double)"""
+    drift_eta: float = 1.0
+    """drift step size eta in the target clip(a + eta V) (official: 1.0; absent from the paper's Eq. 11)"""
+    normalize_q_loss: bool = False
+    """divide the Q loss by sg(mean |Q| + 1e-6) (official: False in every reported run)"""
+
+
+# ---------------------------------------------------------------------------------------------------- networks
+def mlp(in_dim: int, hidden: tuple, out_dim: int, layer_norm: bool) -> nn.Sequential:
+    """Linear -> GELU(tanh) [-> LayerNorm] per hidden layer, then Linear; Xavier-uniform weights, zero biases.
+    Mirrors flax's `MLP` in the official `utils/networks.py` (LayerNorm after the activation, eps 1e-6)."""
+    layers, d = [], in_dim
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.GELU(approximate="tanh")] + ([nn.LayerNorm(h, eps=1e-6)] if layer_norm else [])
+        d = h
+    layers.append(nn.Linear(d, out_dim))
+    for m in layers:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return nn.Sequential(*layers)
+
+
+class Critic(nn.Module):
+    """Ensemble of independently initialised Q-networks on concat[s, a]; returns [num_qs, B]."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: tuple, layer_norm: bool, num_qs: int = 2):
+        super().__init__()
+        self.qs = nn.ModuleList([mlp(obs_dim + action_dim, hidden, 1, layer_norm) for _ in range(num_qs)])
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, action], -1)
+        return torch.stack([q(x).squeeze(-1) for q in self.qs])
+
+
+class Generator(nn.Module):
+    """One-step generator f_theta(s, eps) on concat[s, eps]; unsquashed output (the official `ActorVectorField`
+    called without a time input)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, noise_dim: int, hidden: tuple, layer_norm: bool):
+        super().__init__()
+        self.noise_dim = noise_dim
+        self.net = mlp(obs_dim + noise_dim, hidden, action_dim, layer_norm)
+
+    def forward(self, obs: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, eps], -1))
+
+
+def make_nets(args: Args, obs_dim: int, action_dim: int) -> nn.ModuleDict:
+    critic = Critic(obs_dim, action_dim, args.value_hidden_dims, args.layer_norm)
+    noise_dim = args.noise_dim if args.noise_dim and args.noise_dim > 0 else action_dim  # official: <= 0 -> A
+    return nn.ModuleDict(dict(
+        actor_bc_drift=Generator(obs_dim, action_dim, noise_dim, args.actor_hidden_dims, args.actor_layer_norm),
+        critic=critic,
+        target_critic=copy.deepcopy(critic).requires_grad_(False),
+    ))
+
+
+# ---------------------------------------------------------------------------------------------------- algorithm
+SELF_MASK_DIST = 1e6  # distance written on the diagonal (official; finite, so N = 1 gives V- = 0 rather than NaN)
+DRIFT_EPS = 1e-12  # inside the square root of every distance and norm (official drift_eps)
+
+
+def kernel_logits(dist: torch.Tensor, temp: float, kernel: str) -> torch.Tensor:
+    """Alg. 1 line 6 on sqrt(A)-scaled distances d: laplace -d / temp, gaussian -d^2 / (2 temp^2) (Eq. 10)."""
+    if kernel == "laplace":
+        return -dist / temp
+    if kernel == "gaussian":
+        return -dist ** 2 / (2 * temp ** 2)
+    raise ValueError(f"unknown kernel {kernel!r}")
+
+
+def repulsion_weights(gen: torch.Tensor, temp: float, kernel: str) -> torch.Tensor:
+    """Alg. 1 lines 4-7 (Eq. 9) per state: w_ik = softmax over k != i of the kernel logits between the generated
+    actions i and k of the same state; w_ii = 0 through the masked diagonal. gen [B, N, A] -> w [B, N, N]."""
+    n, a = gen.shape[-2:]
+    dist = torch.sqrt((gen.unsqueeze(-2) - gen.unsqueeze(-3)).pow(2).sum(-1) + DRIFT_EPS)  # [B, N, N]
+    dist = dist.masked_fill(torch.eye(n, dtype=torch.bool, device=gen.device), SELF_MASK_DIST)
+    return torch.softmax(kernel_logits(dist / math.sqrt(a), temp, kernel), -1)
+
+
+def drift_field(gen: torch.Tensor, pos: torch.Tensor, temp: float,
+                kernel: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eqs. 6-9 (Alg. 1 lines 8-10) for every state at once; states never interact.
+    gen [B, N, A] generated actions, pos [B, A] the dataset action -> (V, V_attract, V_repel), each [B, N, A]:
+    V_attract_i = a+ - a_i, V_repel_i = sum_k w_ik (a_k - a_i), V = V_attract - V_repel (separate normalisations)."""
+    w = repulsion_weights(gen, temp, kernel)
+    v_attract = pos.unsqueeze(-2) - gen
+    v_repel = w @ gen - w.sum(-1, keepdim=True) * gen  # = sum_k w_ik (a_k - a_i) without a [B, N, N, A] tensor
+    return v_attract - v_repel, v_attract, v_repel
+
+
+def drift_target(gen: torch.Tensor, v: torch.Tensor, eta: float) -> torch.Tensor:
+    """Alg. 1 line 11: sg(clip(a_i + eta V_i, -1, 1)). [B, N, A]"""
+    return (gen + eta * v).clamp(-1, 1).detach()
+
+
+def drift_loss(gen: torch.Tensor, pos: torch.Tensor, temp: float, kernel: str,
+               eta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 11 reduced as the official code does: mean over all B * N * A elements of (a_i - target_i)^2.
+    The field is built from gen.detach(), so the only gradient is the regression of gen onto its fixed target.
+    Returns the loss and (V, V_attract, V_repel) for logging."""
+    with torch.no_grad():
+        v, v_attract, v_repel = drift_field(gen.detach(), pos, temp, kernel)
+    return ((gen - drift_target(gen, v, eta)) ** 2).mean(), v, v_attract, v_repel
+
+
+def aggregate_q(q: torch.Tensor, how: str) -> torch.Tensor:
+    """[num_qs, B] -> [B] by mean or min over the ensemble."""
+    return q.mean(0) if how == "mean" else q.amin(0)
+
+
+def td_target(rewards, masks, next_q, discount: float) -> torch.Tensor:
+    """y = r + discount * mask * Q(s', a'); mask = 0 where the task is solved (never the time-limit terminals)."""
+    return rewards + discount * masks * next_q
+
+
+def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """target <- tau * source + (1 - tau) * target, in place."""
+    with torch.no_grad():
+        for tp, sp in zip(target.parameters(), source.parameters()):
+            tp.lerp_(sp, tau)
+
+
+def sample_actions(actor: Generator, obs: torch.Tensor) -> torch.Tensor:
+    """The official `sample_actions`: clip(f_theta(s, eps), -1, 1), fresh eps ~ N(0, I), NaN -> 0. [B, D] -> [B, A]"""
+    eps = torch.randn(obs.shape[0], actor.noise_dim, device=obs.device)
+    return actor(obs, eps).clamp(-1, 1).nan_to_num(0.0)
+
+
+def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
+    """Every DriftQL loss term of one step (still attached to the graph) and its diagnostics, from one snapshot."""
+    obs, actions = batch["observations"], batch["actions"]
+    actor, critic = nets["actor_bc_drift"], nets["critic"]
+    # critic: TD target from one generator sample at s' (no gradient)
+    with torch.no_grad():
+        next_obs = batch["next_observations"]
+        next_actions = sample_actions(actor, next_obs)
+        next_q = aggregate_q(nets["target_critic"](next_obs, next_actions), args.q_agg)
+        y = td_target(batch["rewards"], batch["masks"], next_q, args.discount)
+    q = critic(obs, actions)  # [2, B]
+    critic_loss = ((q - y) ** 2).mean()
+    # actor: drift loss on N generated actions per state (Alg. 1); state b fills rows b*N .. b*N + N - 1
+    (b, a_dim), n = actions.shape, args.drift_ngen
+    eps = torch.randn(b * n, actor.noise_dim, device=obs.device)
+    gen = actor(obs.repeat_interleave(n, 0), eps).clamp(-1, 1).view(b, n, a_dim)  # [B, N, A]
+    drift, v_drift, v_attract, v_repel = drift_loss(gen, actions.clamp(-1, 1), args.drift_temp, args.kernel,
+                                                    args.drift_eta)
+    # actor: a separate generator sample per state for the Q term (not one of the N drift samples)
+    actor_actions = actor(obs, torch.randn(b, actor.noise_dim, device=obs.device))
+    # actor: Q term. The critic is frozen while it is evaluated here, so this loss routes gradient only into the
+    # actor through the action; the critic's parameters get none of it (the same idiom in every script).
+    critic.requires_grad_(False)
+    q_pi = critic(obs, actor_actions.clamp(-1, 1)).mean(0)  # always the ensemble mean here
+    critic.requires_grad_(True)
+    q_loss = -q_pi.mean()
+    if args.normalize_q_loss:
+        q_loss = q_loss / (q_pi.abs().mean().detach() + 1e-6)
+    actor_loss = args.alpha * drift + q_loss
+    norm = lambda x: torch.sqrt((x ** 2).sum(-1) + DRIFT_EPS).mean()  # noqa: E731  (official _l2_norm, averaged)
+    return dict(critic_loss=critic_loss, q_mean=q.mean(), q_max=q.max(), q_min=q.min(), actor_loss=actor_loss,
+                bc_drift_loss=args.alpha * drift, bc_drift_loss_raw=drift, drift_norm=norm(v_drift),
+                drift_attract_norm=norm(v_attract), drift_repel_norm=norm(v_repel), q_loss=q_loss, q=q_pi.mean(),
+                mse=((actor_actions.clamp(-1, 1) - actions) ** 2).mean())
+
+
+def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args) -> dict:
+    """One Adam step on critic + actor losses; the target moves from the pre-update critic, as in the official code."""
+    out = losses(nets, batch, args)
+    total = out["critic_loss"] + out["actor_loss"]
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    soft_update_(nets["target_critic"], nets["critic"], args.tau)
+    opt.step()
+    return {**{k: v.detach() for k, v in out.items()}, "total_loss": total.detach()}
+
+
+@torch.no_grad()
+def act(nets: nn.ModuleDict, obs: torch.Tensor) -> torch.Tensor:
+    """Evaluation policy of the official code: ONE generator forward pass with fresh noise, clipped. [B, D] -> [B, A]"""
+    return sample_actions(nets["actor_bc_drift"], obs)
+
+
+# ---------------------------------------------------------------------------------------------------- training loop
+def main(args: Args) -> dict:
+    run_dir, writer = common.start_run(args, Path(__file__).stem)
+    common.seed_everything(args.seed, args.torch_deterministic)
+    device = common.get_device(args.device)
+    task = common.load_task(args.env_id, device)
+    steps = args.offline_steps or common.default_offline_steps(task.env_id)
+    print(f"{task.env_id}: {task.train.size} transitions, {steps} steps, run folder {run_dir}")
+    nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
+    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr)
+    ckpt_path = run_dir / f"{args.exp_name}.pt"
+    bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, kept on the device
+    result, t0 = {}, time.time()
+    for step in range(1, steps + 1):
+        metrics = update(nets, opt, task.train.sample(args.batch_size), args)
+        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
+        if step % args.log_interval == 0:
+            common.check_finite(bad_step, ckpt_path)
+            common.log_scalars(writer, "losses", metrics, step)
+            writer.add_scalar("charts/SPS", step / (time.time() - t0), step)
+        if step == 1 or step % args.eval_interval == 0 or step == steps:
+            common.check_finite(bad_step, ckpt_path)
+            result = common.evaluate(lambda o: act(nets, o), task, args.eval_episodes, args.seed + step,
+                                     png_path=str(run_dir / f"bandit_{step}.png"))
+            result = common.log_scalars(writer, "eval", result, step)
+            common.append_csv(run_dir / "eval.csv", step, result)
+            print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()))
+            if args.save_model:
+                common.save_checkpoint(ckpt_path, Path(__file__).stem, step, args, nets, opt)
+    writer.close()
+    return result
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
