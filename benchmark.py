@@ -28,7 +28,7 @@ import common
 
 @dataclass
 class Args:
-    algos: tuple[str, ...] = ("fql", "driftql")
+    algos: tuple[str, ...] = ("fql", "driftql", "dfp", "qam", "deflow")
     """script modules to time (each exposes make_nets, update, act and Args)"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto takes CUDA when present and says so loudly when it falls back to the CPU"""
