@@ -94,6 +94,11 @@ class Dataset:
             tensors[k] = torch.cat([x, x.new_zeros((capacity - n,) + x.shape[1:])]) if capacity > n else x
         return cls(**tensors, size=n)
 
+    def grow(self, extra: int) -> "Dataset":
+        """A copy with room for `extra` more rows (e.g. online transitions after the offline phase)."""
+        pad = lambda x: torch.cat([x[:self.size], x.new_zeros((extra + len(x) - self.size,) + x.shape[1:])])  # noqa
+        return Dataset(**{k: pad(getattr(self, k)) for k in self.KEYS}, size=self.size)
+
     def add(self, **transitions: torch.Tensor) -> None:
         """Appends a batch of transitions (same keys as the dataset, leading dim = count) in place."""
         n = len(transitions["observations"])
@@ -146,8 +151,16 @@ class Task:
     max_episode_steps: int = 1
 
 
-def load_task(env_id: str, device: torch.device) -> Task:
-    """Dispatches on the id: bandit, OGBench single-task, a D4RL alias, or a Minari dataset id."""
+def load_task(env_id: str, device: torch.device, extra_capacity: int = 0) -> Task:
+    """Dispatches on the id: bandit, OGBench single-task, a D4RL alias, or a Minari dataset id.
+    `extra_capacity` leaves room in the training set for that many online transitions (`Dataset.add`)."""
+    task = _load_task(env_id, device)
+    if extra_capacity:
+        task.train = task.train.grow(extra_capacity)
+    return task
+
+
+def _load_task(env_id: str, device: torch.device) -> Task:
     if env_id == "bandit-4gaussian":
         return _bandit_task(device)
     if env_id in D4RL_ALIASES:

@@ -75,6 +75,16 @@ def test_sample_is_uniform_gather_on_device():
     assert ds.size == 12 and (ds.sample(2000)["rewards"] == 99).any()
     with pytest.raises(ValueError, match="full"):
         ds.add(**{k: getattr(ds, k)[:1] for k in common.Dataset.KEYS})
+    big = ds.grow(3)
+    assert big.size == 12 and len(big.observations) == 15 and torch.equal(big.rewards[:12], ds.rewards)
+    big.add(**{k: getattr(ds, k)[:3] for k in common.Dataset.KEYS})
+    assert big.size == 15
+
+
+def test_load_task_leaves_room_for_online_transitions():
+    task = common.load_task("bandit-4gaussian", CPU, extra_capacity=100)
+    assert task.train.size == 10_000 and len(task.train.observations) == 10_100
+    assert (task.train.sample(20_000)["rewards"] != 0).all()  # the empty rows are never sampled
 
 
 def test_chunk_sampler_stops_at_episode_boundaries():
