@@ -1,4 +1,5 @@
 """Shared fixtures: tiny OGBench datasets regenerated with collect.py into a temp data folder."""
+import glob
 import os
 import sys
 
@@ -33,3 +34,18 @@ def ogbench_dir(tmp_path_factory):
         os.environ.pop("OGBENCH_DATA_DIR")
     else:
         os.environ["OGBENCH_DATA_DIR"] = old
+
+
+def grads_of(loss, nets):
+    """Backpropagates `loss` alone and returns the summed |grad| of every network in the ModuleDict."""
+    for p in nets.parameters():
+        p.grad = None
+    loss.backward()
+    return {name: sum(float(p.grad.abs().sum()) for p in m.parameters() if p.grad is not None)
+            for name, m in nets.items()}
+
+
+def run_dir_of(tmp_path):
+    """The single run folder a script's main() made under tmp_path."""
+    (d,) = glob.glob(str(tmp_path / "*"))
+    return d

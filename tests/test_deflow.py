@@ -9,7 +9,7 @@ import torch
 
 import common
 import deflow
-from conftest import MAZE_ID
+from conftest import MAZE_ID, run_dir_of
 
 D, A, B = 5, 3, 16
 
@@ -335,11 +335,6 @@ def test_networks_follow_the_official_architecture():
     assert nets["log_alpha"].value.shape == () and nets["log_alpha"].value.item() == 1.0
     assert nets.flow_steps == 10 and deflow.Args().delta == 0.001 and deflow.Args().normalize_q_loss
     assert not any(p.requires_grad for p in nets["target_critic"].parameters())
-
-
-def run_dir_of(tmp_path):
-    (d,) = glob.glob(str(tmp_path / "*"))
-    return d
 
 
 def test_end_to_end_on_regenerated_pointmaze(ogbench_dir, tmp_path):

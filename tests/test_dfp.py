@@ -10,7 +10,7 @@ import torch
 import common
 import dfp
 import driftql
-from conftest import MAZE_ID
+from conftest import MAZE_ID, grads_of, run_dir_of
 
 D, A, B = 5, 3, 16
 
@@ -280,14 +280,6 @@ def test_critic_loss_uses_masks_not_terminals_and_the_q_agg():
 
 
 # ---------------------------------------------------------------------------------------------------- gradient routing
-def grads_of(loss, nets):
-    for p in nets.parameters():
-        p.grad = None
-    loss.backward()
-    return {name: sum(float(p.grad.abs().sum()) for p in m.parameters() if p.grad is not None)
-            for name, m in nets.items()}
-
-
 def test_actor_loss_reaches_only_the_actor_and_critic_loss_only_the_critic():
     args = small_args()
     nets = nets_for(args)
@@ -427,11 +419,6 @@ def test_bandit_samples_move_towards_the_best_modes(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- end to end
-def run_dir_of(tmp_path):
-    (d,) = glob.glob(str(tmp_path / "*"))
-    return d
-
-
 def test_end_to_end_on_regenerated_pointmaze(ogbench_dir, tmp_path, monkeypatch):
     obs = torch.randn(7, 2)
     saved = {}

@@ -9,7 +9,7 @@ import torch
 import common
 import driftql
 import fql
-from conftest import MAZE_ID
+from conftest import MAZE_ID, grads_of, run_dir_of
 
 D, A, B = 5, 3, 16
 KERNELS = ("laplace", "gaussian")
@@ -218,14 +218,6 @@ def test_act_is_one_forward_pass_clipped_with_fresh_noise():
 
 
 # ---------------------------------------------------------------------------------------------------- gradient routing
-def grads_of(loss, nets):
-    for p in nets.parameters():
-        p.grad = None
-    loss.backward()
-    return {name: sum(float(p.grad.abs().sum()) for p in m.parameters() if p.grad is not None)
-            for name, m in nets.items()}
-
-
 def test_q_term_reaches_only_the_actor():
     args = small_args()
     nets = nets_for(args)
@@ -342,11 +334,6 @@ def test_bandit_keeps_both_tied_modes(bandit):
 
 
 # ---------------------------------------------------------------------------------------------------- end to end
-def run_dir_of(tmp_path):
-    (d,) = glob.glob(str(tmp_path / "*"))
-    return d
-
-
 def test_end_to_end_on_regenerated_pointmaze(ogbench_dir, tmp_path, monkeypatch):
     obs = torch.randn(7, 2)
     saved = {}

@@ -9,7 +9,7 @@ import torch
 
 import common
 import fql
-from conftest import MAZE_ID
+from conftest import MAZE_ID, grads_of, run_dir_of
 
 D, A, B = 5, 3, 16
 
@@ -105,14 +105,6 @@ def test_networks_follow_the_official_architecture():
 
 
 # ---------------------------------------------------------------------------------------------------- gradient routing
-def grads_of(loss, nets):
-    for p in nets.parameters():
-        p.grad = None
-    loss.backward()
-    return {name: sum(float(p.grad.abs().sum()) for p in m.parameters() if p.grad is not None)
-            for name, m in nets.items()}
-
-
 def test_q_term_reaches_only_the_one_step_actor():
     args = small_args()
     nets = nets_for(args)
@@ -174,11 +166,6 @@ def test_update_moves_the_target_only_by_polyak_from_the_pre_update_critic():
 
 
 # ---------------------------------------------------------------------------------------------------- end to end
-def run_dir_of(tmp_path):
-    (d,) = glob.glob(str(tmp_path / "*"))
-    return d
-
-
 def test_end_to_end_on_regenerated_pointmaze(ogbench_dir, tmp_path):
     args = small_args(env_id=MAZE_ID, offline_steps=200, eval_interval=100, eval_episodes=2, log_interval=50,
                       device="cpu", runs_dir=str(tmp_path), eval_bc_flow=True)

@@ -11,7 +11,7 @@ import torch
 
 import common
 import qam
-from conftest import CUBE_ID
+from conftest import CUBE_ID, grads_of
 
 S, A, H, B, K = 6, 2, 3, 16, 10
 D = A * H
@@ -263,14 +263,6 @@ def test_sample_chunks_follows_the_official_sample_sequence_recursion():
 
 
 # ---------------------------------------------------------------------------------------------------- §7.8, §7.13
-def grads_of(loss, nets):
-    for p in nets.parameters():
-        p.grad = None
-    loss.backward()
-    return {name: sum(float(p.grad.abs().sum()) for p in m.parameters() if p.grad is not None)
-            for name, m in nets.items()}
-
-
 @pytest.mark.parametrize("variant", ["qam", "qam-fql", "qam-edit"])
 @pytest.mark.parametrize("residual", [False, True])
 def test_each_loss_reaches_only_its_own_network(variant, residual):
