@@ -90,12 +90,12 @@ class Args:
     eval_interval: int = 100_000
     """evaluate at step 1, every this many steps and at the end (official: 100K)"""
     eval_episodes: int = 50
-    """episodes per evaluation (official: 50)"""
+    """episodes per evaluation (FQL protocol: 50; DFP's official flag is 100, Deviation 4)"""
     log_interval: int = 5_000
     """write training metrics every this many steps (official: 5K)"""
     # --- optimisation
     offline_steps: Optional[int] = None
-    """gradient steps; default 1M on OGBench, 500K on D4RL/Minari (paper; the official flag is 1M), 5K on the bandit"""
+    """gradient steps; default 1M on OGBench, 500K on D4RL/Minari (FQL; DFP official flag: 1M), 5K on the bandit"""
     batch_size: int = 256
     """transitions per gradient step (official: 256)"""
     lr: float = 3e-4
