@@ -45,7 +45,7 @@ doubly normalised, cross-weighted, unit-RMS affinities (the paper's Eq. 3 writes
 per-element mean in the loss (Eq. 4 sums over action dims), the unclipped drift target, the EMA from the first step.
 
     python dfp.py --env-id bandit-4gaussian --actor-hidden-dims 64 64 --value-hidden-dims 64 64 --batch-size 64 \\
-        --lr 1e-3 --actor-ema-tau 0.1 --offline-steps 1000
+        --lr 1e-3 --actor-ema-tau 0.1 --alpha-pos 2 --offline-steps 1500
     python dfp.py --env-id cube-single-play-singletask-task2-v0 --alpha-pos 0.45
     python dfp.py --env-id scene-play-singletask-task2-v0 --drift-temps 0.01 0.05
 """

@@ -396,26 +396,28 @@ def test_driftql_and_dfp_fields_differ_in_scale_weighting_and_batch_coupling():
 
 # ---------------------------------------------------------------------------------------------------- bandit
 BANDIT = dict(env_id="bandit-4gaussian", actor_hidden_dims=(64, 64), value_hidden_dims=(64, 64), batch_size=64,
-              offline_steps=1000, eval_interval=1000, log_interval=1000, lr=1e-3, actor_ema_tau=0.1, device="cpu")
+              offline_steps=1500, eval_interval=1500, log_interval=1500, lr=1e-3, actor_ema_tau=0.1, alpha_pos=2.0,
+              device="cpu")
 
 
-def test_bandit_samples_move_towards_the_best_modes(tmp_path):
-    """One state, four modes. The critic only ranks: samples climb from the initial blob towards a best mode (right
-    or bottom, reward 5) and none go towards the worse ones. Top-K is what moves them: with lambda = 0 the BC drift
-    (one dataset action per state) keeps them at the centroid of the four modes. EMA 0.1 and lr 1e-3 fit the
-    1K-step budget (the official EMA 1e-4 has a 10K-step time constant)."""
+def test_bandit_samples_move_to_a_best_mode(tmp_path):
+    """One state, four modes (reward 5 - 80 d^2 at distance d from the right and bottom centres, 1.5 at the top, 0 at
+    the left). The critic only ranks, and top-K is what moves the samples: with lambda = 0 the BC drift (one dataset
+    action per state) keeps them at the centroid of the four modes. A mean reward above 0 puts the average sample
+    within 0.25 of a best-mode centre. lambda = 2, EMA 0.1 and lr 1e-3 fit the 1.5K-step budget (README, DFP, The
+    bandit: with the official lambda 0.5 the BC drift holds the samples short of the modes)."""
     out = dfp.main(dfp.Args(**BANDIT, runs_dir=str(tmp_path / "dfp")))
     (d,) = glob.glob(str(tmp_path / "dfp" / "*"))
     first = {k: float(v) for k, v in list(csv.DictReader(open(f"{d}/eval.csv")))[0].items()}
     bc = dfp.main(dfp.Args(**{**BANDIT, "alpha_pos": 0.0}, runs_dir=str(tmp_path / "bc")))
-    assert out["episodic_return"] > first["episodic_return"] + 15
-    assert out["episodic_return"] > bc["episodic_return"] + 15
+    assert first["episodic_return"] < -30 and bc["episodic_return"] < -30
+    assert out["episodic_return"] > 0
     assert out["frac_top"] + out["frac_left"] == 0
     torch.manual_seed(0)
     nets = dfp.make_nets(dfp.Args(**BANDIT), 2, 2)
     nets.load_state_dict(common.load_checkpoint(f"{d}/dfp.pt", "dfp", torch.device("cpu"))["nets"])
     mean = dfp.act(nets, torch.zeros(1000, 2)).mean(0)
-    assert max(mean[0], -mean[1]) > 0.2 and min(mean[0], -mean[1]) > -0.1  # towards right or bottom
+    assert max(mean[0], -mean[1]) > 0.6 and min(mean[0], -mean[1]) > -0.1  # at right (0.8, 0) or bottom (0, -0.8)
 
 
 # ---------------------------------------------------------------------------------------------------- end to end
