@@ -5,7 +5,8 @@ One noise-conditioned generator f_theta(s, eps) (no flow, no distillation) and F
     drift samples  a_i = clip(f_theta(s, eps_i), -1, 1), i = 1..N, eps_i ~ N(0, I)             (Alg. 1, [B, N, A])
     repulsion      w_ik = softmax_{k != i}(l_ik),  l_ik = -d_ik / temp (laplace) or -d_ik^2 / (2 temp^2) (gaussian),
                    d_ik = |a_i - a_k| / sqrt(A),   V-_i = sum_{k != i} w_ik (a_k - a_i)           (Eqs. 8-10)
-    attraction     V+_i = a+ - a_i  (a+ the dataset action; one positive per state)                (Eq. 7)
+    attraction     V+_i = sum_j softmax_j(l(a_i, a+_j)) (a+_j - a_i) over the positives of the state (Eq. 3);
+                   the official code has one, the dataset action, so V+_i = a+ - a_i                  (Eq. 7)
     drift loss     L_drift = mean_{B,N,A} (a_i - sg(clip(a_i + eta (V+_i - V-_i), -1, 1)))^2      (Eq. 11, per element)
     actor          L_actor = alpha * L_drift - mean_B mean_j Q_j(s, clip(f_theta(s, eps)))      (Eq. 12, critic frozen)
     critic         L_Q = mean_{j,B} (Q_j(s, a) - (r + discount * mask * agg_j Qbar_j(s', clip(f_theta(s', eps')))))^2
@@ -21,8 +22,9 @@ Deviations from the official code:
   5. Validation losses on the OGBench val split are not logged (the official code logs them every 5K steps).
   6. Pairwise distances are computed exactly from differences; the official code expands |x|^2 + |y|^2 - 2 x.y
      (under TF32 on recent GPUs). The eps 1e-12 inside the square root and the finite self-mask distance 1e6 are kept.
-  7. The attraction softmax over positives is not computed: with the single dataset action per state it is
-     exactly 1, so V+ = a+ - a_i (the paper's Eq. 7), bit for bit what the official code produces.
+  7. Added option, off by default: --same-state-positives makes every batch action taken at the row's state a
+     positive of that state (Eq. 3 with M > 1). Only data with repeated states, the bandit, is affected; there it
+     keeps both tied best modes as the paper's Fig. 1 shows, which the official single positive does not (README).
   8. Settings that no README command or config changes are constants, not flags: distance scaling by sqrt(A) (on),
      drift normalisation (off), drift batch = the whole batch (official drift_batch_size 256 = batch_size),
      mean ensemble aggregation in the actor's Q term (official q_agg_actor), no image encoder.
@@ -34,7 +36,7 @@ sums over action dims), laplace as the default kernel (the paper's Sec. 5.5 says
 default, the step size eta, the finite self-mask (Alg. 1: +inf), N = 4 and noise dim 8 on cube-double (Table 5: N = 32).
 
     python driftql.py --env-id bandit-4gaussian --actor-hidden-dims 64 64 --value-hidden-dims 64 64 --batch-size 64 \\
-        --lr 1e-3 --offline-steps 2500 --kernel gaussian --drift-temp 0.2 --alpha 0.1
+        --lr 1e-3 --alpha 30 --drift-temp 0.1 --same-state-positives
     python driftql.py --env-id antmaze-large-navigate-singletask-task1-v0 --alpha 10 --drift-temp 0.5 --q-agg mean
     python driftql.py --env-id cube-single-play-singletask-task2-v0 --alpha 60 --drift-temp 0.02 --kernel gaussian \\
         --discount 0.995 --q-agg mean
@@ -121,6 +123,9 @@ class Args:
     """drift step size eta in the target clip(a + eta V) (official: 1.0; absent from the paper's Eq. 11)"""
     normalize_q_loss: bool = False
     """divide the Q loss by sg(mean |Q| + 1e-6) (official: False in every reported run)"""
+    same_state_positives: bool = False
+    """every batch action taken at the row's state is a positive of it (Eq. 3); changes only data with repeated
+    states, the bandit (official: off, one positive per state)"""
 
 
 # ---------------------------------------------------------------------------------------------------- networks
@@ -197,13 +202,20 @@ def repulsion_weights(gen: torch.Tensor, temp: float, kernel: str) -> torch.Tens
     return torch.softmax(kernel_logits(dist / math.sqrt(a), temp, kernel), -1)
 
 
-def drift_field(gen: torch.Tensor, pos: torch.Tensor, temp: float,
-                kernel: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Eqs. 6-9 (Alg. 1 lines 8-10) for every state at once; states never interact.
-    gen [B, N, A] generated actions, pos [B, A] the dataset action -> (V, V_attract, V_repel), each [B, N, A]:
-    V_attract_i = a+ - a_i, V_repel_i = sum_k w_ik (a_k - a_i), V = V_attract - V_repel (separate normalisations)."""
+def drift_field(gen: torch.Tensor, pos: torch.Tensor, temp: float, kernel: str,
+                pos_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eqs. 3 and 6-9 (Alg. 1 lines 8-10) for every state at once; states never interact.
+    gen [B, N, A] generated actions, pos [B, P, A] positives (official: P = 1, the dataset action), pos_mask [B, P]
+    (False drops a positive) -> (V, V_attract, V_repel), each [B, N, A], with separate normalisations:
+    V_attract_i = sum_j softmax_j(l(a_i, a+_j)) (a+_j - a_i), which is a+ - a_i when P = 1 (Eq. 7),
+    V_repel_i = sum_k w_ik (a_k - a_i), V = V_attract - V_repel."""
+    a = gen.shape[-1]
+    dist_pos = torch.sqrt((gen.unsqueeze(-2) - pos.unsqueeze(-3)).pow(2).sum(-1) + DRIFT_EPS)  # [B, N, P]
+    logits_pos = kernel_logits(dist_pos / math.sqrt(a), temp, kernel)
+    if pos_mask is not None:
+        logits_pos = logits_pos.masked_fill(~pos_mask.unsqueeze(-2), -math.inf)
+    v_attract = torch.softmax(logits_pos, -1) @ pos - gen
     w = repulsion_weights(gen, temp, kernel)
-    v_attract = pos.unsqueeze(-2) - gen
     v_repel = w @ gen - w.sum(-1, keepdim=True) * gen  # = sum_k w_ik (a_k - a_i) without a [B, N, N, A] tensor
     return v_attract - v_repel, v_attract, v_repel
 
@@ -213,13 +225,13 @@ def drift_target(gen: torch.Tensor, v: torch.Tensor, eta: float) -> torch.Tensor
     return (gen + eta * v).clamp(-1, 1).detach()
 
 
-def drift_loss(gen: torch.Tensor, pos: torch.Tensor, temp: float, kernel: str,
-               eta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def drift_loss(gen: torch.Tensor, pos: torch.Tensor, temp: float, kernel: str, eta: float,
+               pos_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eq. 11 reduced as the official code does: mean over all B * N * A elements of (a_i - target_i)^2.
     The field is built from gen.detach(), so the only gradient is the regression of gen onto its fixed target.
     Returns the loss and (V, V_attract, V_repel) for logging."""
     with torch.no_grad():
-        v, v_attract, v_repel = drift_field(gen.detach(), pos, temp, kernel)
+        v, v_attract, v_repel = drift_field(gen.detach(), pos, temp, kernel, pos_mask)
     return ((gen - drift_target(gen, v, eta)) ** 2).mean(), v, v_attract, v_repel
 
 
@@ -262,8 +274,10 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
     (b, a_dim), n = actions.shape, args.drift_ngen
     eps = torch.randn(b * n, actor.noise_dim, device=obs.device)
     gen = actor(obs.repeat_interleave(n, 0), eps).clamp(-1, 1).view(b, n, a_dim)  # [B, N, A]
-    drift, v_drift, v_attract, v_repel = drift_loss(gen, actions.clamp(-1, 1), args.drift_temp, args.kernel,
-                                                    args.drift_eta)
+    pos, pos_mask = actions.clamp(-1, 1).unsqueeze(1), None  # [B, 1, A]: the dataset action, the official positive
+    if args.same_state_positives:  # every batch action whose state equals the row's: [B, B, A], mask [B, B]
+        pos, pos_mask = pos.transpose(0, 1).expand(b, b, a_dim), (obs.unsqueeze(1) == obs.unsqueeze(0)).all(-1)
+    drift, v_drift, v_attract, v_repel = drift_loss(gen, pos, args.drift_temp, args.kernel, args.drift_eta, pos_mask)
     # actor: a separate generator sample per state for the Q term (not one of the N drift samples)
     actor_actions = actor(obs, torch.randn(b, actor.noise_dim, device=obs.device))
     # actor: Q term. The critic is frozen while it is evaluated here, so this loss routes gradient only into the

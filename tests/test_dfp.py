@@ -353,27 +353,27 @@ def test_update_returns_detached_metrics_with_the_raw_force():
 # DriftQL App. C compares its field with the original drifting computation, the one DFP uses. Same inputs to both:
 # DFP's field is in coordinates / c, DriftQL's in action units, so directions and ratios are compared, not values.
 def test_driftql_and_dfp_fields_agree_on_direction():
-    gen, pos = rand_set(4, 8, 3, scale=0.3).double(), rand_set(4, 1, 3, seed=1).double()[:, 0]
+    gen, pos = rand_set(4, 8, 3, scale=0.3).double(), rand_set(4, 1, 3, seed=1).double()  # one positive: [B, 1, A]
     # one sample: both point straight at the dataset action
     v_q = driftql.drift_field(gen[:, :1], pos, 0.2, "laplace")[0]
-    assert cos(dfp.drift_field(gen[:, :1], pos[:, None], (0.05,))[0], v_q).min() > 1 - 1e-9
+    assert cos(dfp.drift_field(gen[:, :1], pos, (0.05,))[0], v_q).min() > 1 - 1e-9
     # wide kernels: both point along a+ minus the mean of the other samples, V_i = a+ - mean_{k != i} a_k
     v_q = driftql.drift_field(gen, pos, 1e3, "laplace")[0]
-    torch.testing.assert_close(v_q, pos[:, None] - (gen.sum(1, keepdim=True) - gen) / 7, rtol=0, atol=1e-3)
+    torch.testing.assert_close(v_q, pos - (gen.sum(1, keepdim=True) - gen) / 7, rtol=0, atol=1e-3)
     for temp in (5.0, 10.0, 30.0):  # wide, yet well below R ~ 100 where DFP's additive self mask gives out
-        assert cos(dfp.drift_field(gen, pos[:, None], (temp,))[0], v_q).min() > 0.995
+        assert cos(dfp.drift_field(gen, pos, (temp,))[0], v_q).min() > 0.995
     # samples collapsed onto the dataset action: neither moves
-    on = pos[:, None].expand(4, 8, 3).clone()
+    on = pos.expand(4, 8, 3).clone()
     assert driftql.drift_field(on, pos, 0.2, "laplace")[0].abs().max() < 1e-6
-    assert dfp.drift_field(on, pos[:, None], (0.05,))[0].abs().max() < 1e-6
+    assert dfp.drift_field(on, pos, (0.05,))[0].abs().max() < 1e-6
 
 
 def test_driftql_and_dfp_fields_differ_in_scale_weighting_and_batch_coupling():
-    gen, pos = rand_set(4, 8, 3, scale=0.3).double(), rand_set(4, 1, 3, seed=1).double()[:, 0]
+    gen, pos = rand_set(4, 8, 3, scale=0.3).double(), rand_set(4, 1, 3, seed=1).double()  # one positive: [B, 1, A]
     # scale: shrinking the whole configuration shrinks DriftQL's field with it; DFP's is renormalised to unit RMS
     v_q, v_q_small = (driftql.drift_field(gen * k, pos * k, 1e3, "laplace")[0] for k in (1.0, 0.1))
     torch.testing.assert_close(v_q_small, 0.1 * v_q, rtol=0, atol=1e-4)
-    v_d, v_d_small = (dfp.drift_field(gen * k, pos[:, None] * k, (0.05,))[0] for k in (1.0, 0.1))
+    v_d, v_d_small = (dfp.drift_field(gen * k, pos * k, (0.05,))[0] for k in (1.0, 0.1))
     torch.testing.assert_close(v_d_small, v_d, rtol=0, atol=1e-3)
     assert v_d.pow(2).mean().item() == pytest.approx(1.0)
     # weighting: samples on a line away from the dataset action. DriftQL moves every sample (a+ - its neighbours),
@@ -381,9 +381,9 @@ def test_driftql_and_dfp_fields_differ_in_scale_weighting_and_batch_coupling():
     line = torch.zeros(1, 6, 2, dtype=torch.float64)
     line[0, :, 0] = torch.arange(1, 7) * 0.2
     line[0, :, 1] = torch.tensor([0.05, -0.05, 0.04, -0.03, 0.02, -0.04])
-    origin = torch.zeros(1, 2, dtype=torch.float64)
+    origin = torch.zeros(1, 1, 2, dtype=torch.float64)
     n_q = driftql.drift_field(line, origin, 0.05, "laplace")[0].norm(dim=-1)[0]
-    n_d = dfp.drift_field(line, origin[:, None], (0.05,))[0].norm(dim=-1)[0]
+    n_d = dfp.drift_field(line, origin, (0.05,))[0].norm(dim=-1)[0]
     assert n_q.argmax() >= 4 and n_q[0] > 0.3 * n_q.max()
     assert n_d.argmax() == 0 and n_d[0] > 50 * n_d[1:].max()
     # batch coupling: DriftQL's states never interact; DFP's share the distance scale and each force RMS
@@ -391,7 +391,7 @@ def test_driftql_and_dfp_fields_differ_in_scale_weighting_and_batch_coupling():
     moved[3] *= 3.0
     assert torch.equal(driftql.drift_field(moved, pos, 0.2, "laplace")[0][:3],
                        driftql.drift_field(gen, pos, 0.2, "laplace")[0][:3])
-    assert (dfp.drift_field(moved, pos[:, None], (0.05,))[0][:3] - v_d[:3]).abs().max() > 1e-2
+    assert (dfp.drift_field(moved, pos, (0.05,))[0][:3] - v_d[:3]).abs().max() > 1e-2
 
 
 # ---------------------------------------------------------------------------------------------------- bandit
