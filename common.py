@@ -405,6 +405,18 @@ def load_checkpoint(path, algo: str, device: torch.device) -> dict:
     return payload
 
 
+def resume(path, algo: str, nets: torch.nn.Module, opt, device: torch.device) -> int:
+    """Loads the networks (targets and EMA copies included) and the optimizer state of a checkpoint; returns its step."""
+    payload = load_checkpoint(path, algo, device)
+    try:
+        nets.load_state_dict(payload["nets"])
+        opt.load_state_dict(payload["optimizer"])
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"{path} does not fit these networks ({str(e).splitlines()[0]}); pass the flags it was "
+                         "trained with, saved in args.json of its run folder") from None
+    return payload["step"]
+
+
 def check_finite(bad_step: torch.Tensor, ckpt_path: Path) -> None:
     """Stops training when any loss went NaN/inf; `bad_step` (device scalar) is the first such step or -1."""
     step = int(bad_step)

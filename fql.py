@@ -55,6 +55,9 @@ class Args:
     """save `<exp_name>.pt` in the run folder at every evaluation"""
     runs_dir: str = "runs"
     """parent folder of the run folders"""
+    resume: Optional[str] = None
+    """a checkpoint of this script to continue from (networks, targets, optimizer, step) with the same flags; the
+    random streams restart from --seed"""
     # --- data and evaluation
     env_id: str = "cube-single-play-singletask-task2-v0"
     """OGBench single-task id, Minari dataset id, D4RL alias (antmaze-large-play-v2) or bandit-4gaussian"""
@@ -259,15 +262,16 @@ def main(args: Args) -> dict:
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
     opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr)
     ckpt_path = run_dir / f"{args.exp_name}.pt"
+    first = common.resume(args.resume, Path(__file__).stem, nets, opt, device) + 1 if args.resume else 1
     bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, kept on the device
     result, t0 = {}, time.time()
-    for step in range(1, steps + 1):
+    for step in range(first, steps + 1):
         metrics = update(nets, opt, task.train.sample(args.batch_size), args)
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
         if step % args.log_interval == 0:
             common.check_finite(bad_step, ckpt_path)
             common.log_scalars(writer, "losses", metrics, step)
-            writer.add_scalar("charts/SPS", step / (time.time() - t0), step)
+            writer.add_scalar("charts/SPS", (step - first + 1) / (time.time() - t0), step)
         if step == 1 or step % args.eval_interval == 0 or step == steps:
             common.check_finite(bad_step, ckpt_path)
             result = common.evaluate(lambda o: act(nets, o), task, args.eval_episodes, args.seed + step,
