@@ -25,8 +25,9 @@ Deviations from the official code:
   4. Evaluation runs the episodes side by side in a vector env and also evaluates at the final step; 50 episodes by
      default (the shared protocol; the official flag default is 100, pass --eval-episodes 100).
   5. Validation losses on the OGBench val split are not logged (the official code logs them).
-  6. Only the paper's offline RL setting is implemented: no action chunking (h = 1), no online phase, so no
-     offline-to-online switch (BC-only pretraining, EMA reset to theta at the switch, online replay).
+  6. Only the paper's offline RL setting is implemented: no action chunking (h = 1), no online phase and no online
+     replay. --topk-start S (default 0, spec A8) gives the official switch inside one offline run: L_BC alone for
+     S steps (the code's offline phase), then pi_old reset to theta and L_BC + lambda L_topK from step S + 1.
   7. The TD target's next action is one sample of f_theta (paper Eq. 1; --q-bon 1); the official YAML takes the best
      of q_bon = 16 samples by the online critic. Evaluation is one sample (App. B.2: best-of-N' disabled); the YAML
      uses eval_bon = 16. Both are flags.
@@ -132,6 +133,9 @@ class Args:
     """positives K kept from the N candidates (Table 8: 8, 16 on puzzle-4x4; official online YAML: 4)"""
     actor_ema_tau: float = 1e-4
     """EMA rate tau_EMA of the candidate actor pi_old, updated from step 1 (official: 1e-4)"""
+    topk_start: int = 0
+    """steps of L_BC alone before L_topK turns on; at the switch pi_old is reset to the actor, as the official
+    offline-to-online switch does (spec A8; 0 = top-K from step 1, the paper's offline setting)"""
     q_bon: int = 1
     """next actions a' drawn for the TD target, the best by the online critic kept (paper Eq. 1: 1; official: 16)"""
     eval_bon: int = 1
@@ -304,8 +308,9 @@ def best_of_n(actor: Generator, critic: Critic, obs: torch.Tensor, n: int, q_agg
     return actions[torch.arange(obs.shape[0], device=obs.device), best]
 
 
-def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
-    """Every DFP loss term of one step (still attached to the graph) and its diagnostics, from one snapshot."""
+def losses(nets: nn.ModuleDict, batch: dict, args: Args, topk_on: bool = True) -> dict:
+    """Every DFP loss term of one step (still attached to the graph) and its diagnostics, from one snapshot.
+    topk_on=False weights L_topK by 0 (the --topk-start warm-up); it is still computed for its diagnostics."""
     obs, actions = batch["observations"], batch["actions"]
     actor, critic = nets["actor_drift"], nets["critic"]
     # critic: TD target from the best of q_bon samples of the current actor at s' (no gradient)
@@ -326,7 +331,7 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
     gen = sample_actions(actor, obs, args.gen_per_label)  # [B, G, A]
     bc, _, bc_scale, bc_rms = drift_loss(gen, actions.unsqueeze(1), args.drift_temps)
     topk, _, topk_scale, topk_rms = drift_loss(gen, pos_topk, args.drift_temps)
-    bc_drift_loss, topk_drift_loss = BC_WEIGHT * bc.mean(), args.alpha_pos * topk.mean()
+    bc_drift_loss, topk_drift_loss = BC_WEIGHT * bc.mean(), (args.alpha_pos if topk_on else 0.0) * topk.mean()
     with torch.no_grad():  # diagnostics: Q of one generated action per state, squared distance to the dataset action
         q_gen, mse = critic(obs, gen[:, 0]).mean(), ((gen - actions.unsqueeze(1)) ** 2).mean()
     return dict(critic_loss=critic_loss, q_mean=q.mean(), q_max=q.max(), q_min=q.min(),
@@ -337,10 +342,11 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
                 cand_q=cand_q.mean(), topk_q=topk_q.mean(), q=q_gen, mse=mse)
 
 
-def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args) -> dict:
+def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args,
+           topk_on: bool = True) -> dict:
     """One Adam step on critic + actor losses; the target critic and the EMA actor move from the pre-update
     parameters, as in the official code."""
-    out = losses(nets, batch, args)
+    out = losses(nets, batch, args, topk_on)
     total = out["critic_loss"] + out["actor_loss"]
     opt.zero_grad(set_to_none=True)
     total.backward()
@@ -372,7 +378,9 @@ def main(args: Args) -> dict:
     bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, kept on the device
     result, t0 = {}, time.time()
     for step in range(first, steps + 1):
-        metrics = update(nets, opt, task.train.sample(args.batch_size), args)
+        if args.topk_start and step == args.topk_start + 1:  # warm-up over: pi_old restarts from the actor
+            nets["actor_drift_ema"].load_state_dict(nets["actor_drift"].state_dict())
+        metrics = update(nets, opt, task.train.sample(args.batch_size), args, step > args.topk_start)
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
         if step % args.log_interval == 0:
             common.check_finite(bad_step, ckpt_path)

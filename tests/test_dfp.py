@@ -231,6 +231,37 @@ def test_ema_and_target_move_at_their_stated_rates_from_the_pre_update_parameter
     assert not any(p.requires_grad for k in ("actor_drift_ema", "target_critic") for p in nets[k].parameters())
 
 
+def test_warm_up_weights_the_top_k_term_by_zero():
+    args = small_args(alpha_pos=2.0)
+    nets = nets_for(args)
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        on = dfp.losses(nets, batch(), args, topk_on=True)
+    torch.manual_seed(3)
+    off = dfp.losses(nets, batch(), args, topk_on=False)
+    torch.testing.assert_close(off["bc_drift_loss"], on["bc_drift_loss"])  # same samples, same BC term
+    assert on["topk_drift_loss"] > 0 and off["topk_drift_loss"] == 0
+    torch.testing.assert_close(off["actor_loss"], off["bc_drift_loss"])
+    g_on, g_off = grads_of(on["actor_loss"], nets), grads_of(off["actor_loss"], nets)
+    assert g_off["actor_drift"] > 0 and g_off["actor_drift"] != g_on["actor_drift"]
+
+
+def test_top_k_switches_on_after_the_warm_up_with_the_ema_reset_to_the_actor(tmp_path, monkeypatch):
+    calls, real_update = [], dfp.update
+
+    def spy(nets, opt, batch, args, topk_on=True):
+        same = all(torch.equal(p, q) for p, q in zip(nets["actor_drift"].parameters(),
+                                                      nets["actor_drift_ema"].parameters()))
+        calls.append((topk_on, same))
+        return real_update(nets, opt, batch, args, topk_on)
+
+    monkeypatch.setattr(dfp, "update", spy)
+    dfp.main(small_args(env_id="bandit-4gaussian", offline_steps=6, topk_start=3, actor_ema_tau=0.5, lr=1e-2,
+                        eval_interval=100, eval_episodes=2, device="cpu", runs_dir=str(tmp_path), save_model=False))
+    # steps 1-3: BC alone, the EMA drifts away from the actor; step 4: top-K on, the EMA restarts from the actor
+    assert calls == [(False, True), (False, False), (False, False), (True, True), (True, False), (True, False)]
+
+
 def test_best_of_n_takes_the_argmax_of_the_online_critic():
     args = small_args(q_agg="min")
     nets = nets_for(args)
