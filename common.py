@@ -391,7 +391,8 @@ def append_csv(path: Path, step: int, metrics: dict) -> None:
 def save_checkpoint(path: Path, algo: str, step: int, args, nets: torch.nn.Module, opt) -> None:
     """One self-describing file; written to a temp name first so a crash never leaves a half checkpoint."""
     payload = {"algo": algo, "step": step, "args": asdict(args), "nets": nets.state_dict(),
-               "optimizer": opt.state_dict() if opt is not None else None}
+               "optimizer": opt.state_dict() if opt is not None else None, "rng": torch.get_rng_state(),
+               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     tmp = Path(str(path) + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -406,7 +407,8 @@ def load_checkpoint(path, algo: str, device: torch.device) -> dict:
 
 
 def resume(path, algo: str, nets: torch.nn.Module, opt, device: torch.device) -> int:
-    """Loads the networks (targets and EMA copies included) and the optimizer state of a checkpoint; returns its step."""
+    """Loads the networks (targets and EMA copies included), the optimizer state and torch's random streams of a
+    checkpoint, so that the resumed run draws the same batches and noise as an uninterrupted one; returns its step."""
     payload = load_checkpoint(path, algo, device)
     try:
         nets.load_state_dict(payload["nets"])
@@ -414,6 +416,10 @@ def resume(path, algo: str, nets: torch.nn.Module, opt, device: torch.device) ->
     except (RuntimeError, ValueError) as e:
         raise ValueError(f"{path} does not fit these networks ({str(e).splitlines()[0]}); pass the flags it was "
                          "trained with, saved in args.json of its run folder") from None
+    if "rng" in payload:  # checkpoints written before the streams were saved resume with fresh ones
+        torch.set_rng_state(payload["rng"].cpu())
+        if torch.cuda.is_available() and len(payload["cuda_rng"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in payload["cuda_rng"]])
     return payload["step"]
 
 

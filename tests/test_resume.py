@@ -49,3 +49,17 @@ def test_resume_refuses_other_flags_and_other_scripts(tmp_path):
         fql.main(tiny_args(fql, offline_steps=4, actor_hidden_dims=(16,), runs_dir=str(tmp_path / "b"), resume=ckpt))
     with pytest.raises(ValueError, match="written by fql.py, not driftql.py"):
         driftql.main(tiny_args(driftql, offline_steps=4, runs_dir=str(tmp_path / "c"), resume=ckpt))
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(name, tmp_path):
+    """The checkpoint carries torch's random streams, so 4 steps + --resume to 6 draw the batches and noise of 6."""
+    mod = importlib.import_module(name)
+    mod.main(tiny_args(mod, offline_steps=6, runs_dir=str(tmp_path / "whole")))
+    mod.main(tiny_args(mod, offline_steps=4, runs_dir=str(tmp_path / "a")))
+    ckpt = f"{run_dir_of(tmp_path / 'a')}/{name}.pt"
+    mod.main(tiny_args(mod, offline_steps=6, runs_dir=str(tmp_path / "b"), resume=ckpt))
+    whole, resumed = (common.load_checkpoint(f"{run_dir_of(tmp_path / d)}/{name}.pt", name, torch.device("cpu"))["nets"]
+                      for d in ("whole", "b"))
+    for k, v in whole.items():
+        assert torch.equal(v, resumed[k]), k
