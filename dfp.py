@@ -86,8 +86,8 @@ class Args:
     runs_dir: str = "runs"
     """parent folder of the run folders"""
     resume: Optional[str] = None
-    """a checkpoint of this script to continue from (networks, targets, optimizer, step) with the same flags; the
-    random streams restart from --seed"""
+    """a checkpoint of this script to continue from (networks, targets, optimizer, step and torch's random streams)
+    with the same flags"""
     # --- data and evaluation
     env_id: str = "cube-single-play-singletask-task2-v0"
     """OGBench single-task id, Minari dataset id, D4RL alias (antmaze-large-play-v2) or bandit-4gaussian"""
