@@ -26,6 +26,7 @@ Deviations from the official code:
   7. Validation losses on the OGBench val split are not logged (the official code logs them every 5K steps).
   8. Not ported: offline-to-online training (--online_steps, fix_bc_flow_online), the fixed-alpha ablation
      (use_lagrange=False), the unused max-Q and iterative-refinement samplers, and the pixel encoders.
+The full list, the commands for every task family and the logged metrics are in docs/deflow.md.
 
     python deflow.py --env-id bandit-4gaussian
     python deflow.py --env-id cube-double-play-singletask-task2-v0 --delta 0.001

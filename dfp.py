@@ -44,6 +44,7 @@ Deviations from the official code:
 Where paper and code differ this file follows the code: the Laplace kernel on batch-mean-normalised distances with
 doubly normalised, cross-weighted, unit-RMS affinities (the paper's Eq. 3 writes a Gaussian mean shift), the
 per-element mean in the loss (Eq. 4 sums over action dims), the unclipped drift target, the EMA from the first step.
+The full list, the commands for every task family and the logged metrics are in docs/dfp.md.
 
     python dfp.py --env-id bandit-4gaussian --actor-hidden-dims 64 64 --value-hidden-dims 64 64 --batch-size 64 \\
         --lr 1e-3 --actor-ema-tau 0.1 --alpha-pos 2 --offline-steps 1500

@@ -17,23 +17,24 @@ Deviations from the official code:
   2. OGBench evaluation uses the installed ogbench 1.2.2, which scores success on the pre-action state;
      DriftQL's runs used ogbench 1.1.0 ('post'). The OGBench README calls the difference negligible.
   3. D4RL tasks are read from their Minari re-releases (see common.py and the README, "Data protocol"); the D4RL-v2
-     locomotion sets have no Minari re-release, so those README commands cannot be reproduced here.
+     locomotion sets have no Minari re-release, so those official commands cannot be reproduced here.
   4. Evaluation runs the episodes side by side in a vector env and also evaluates at the final step.
   5. Validation losses on the OGBench val split are not logged (the official code logs them every 5K steps).
   6. Pairwise distances are computed exactly from differences; the official code expands |x|^2 + |y|^2 - 2 x.y
      (under TF32 on recent GPUs). The eps 1e-12 inside the square root and the finite self-mask distance 1e6 are kept.
   7. Added option, off by default: --same-state-positives makes every batch action taken at the row's state a
      positive of that state (Eq. 3 with M > 1). Only data with repeated states, the bandit, is affected; there it
-     keeps both tied best modes as the paper's Fig. 1 shows, which the official single positive does not (README).
+     keeps both tied best modes as the paper's Fig. 1 shows, which the official single positive does not.
   8. Settings that no README command or config changes are constants, not flags: distance scaling by sqrt(A) (on),
      drift normalisation (off), drift batch = the whole batch (official drift_batch_size 256 = batch_size),
      mean ensemble aggregation in the actor's Q term (official q_agg_actor), no image encoder.
   9. --offline-steps defaults to 500K on D4RL/Minari as the paper reports; the official flag default is 1M on every
      task and no command overrides it. Pass --eval-episodes 100 (D4RL antmaze) or 10 (Adroit) as the configs do.
  10. Logs FQL's diagnostic `mse` (Q-term sample vs dataset action) in addition to the official metrics.
-Where paper and code differ this file follows the code (README, "DriftQL"): per-element mean in L_drift (Eq. 11
+Where paper and code differ this file follows the code (docs/driftql.md): per-element mean in L_drift (Eq. 11
 sums over action dims), laplace as the default kernel (the paper's Sec. 5.5 says gaussian), min in the TD target by
 default, the step size eta, the finite self-mask (Alg. 1: +inf), N = 4 and noise dim 8 on cube-double (Table 5: N = 32).
+The full list, the commands for every task family and the logged metrics are in docs/driftql.md.
 
     python driftql.py --env-id bandit-4gaussian --actor-hidden-dims 64 64 --value-hidden-dims 64 64 --batch-size 64 \\
         --lr 1e-3 --alpha 30 --drift-temp 0.1 --same-state-positives

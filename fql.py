@@ -16,6 +16,7 @@ Deviations from the official code:
   3. D4RL tasks are read from their Minari re-releases (see common.py and the README, "Data protocol").
   4. Evaluation runs the episodes side by side in a vector env and also evaluates at the final step.
   5. Validation losses on the OGBench val split are not logged (the official code logs them every 5K steps).
+The full list, the commands for every task family and the logged metrics are in docs/fql.md.
 
     python fql.py --env-id bandit-4gaussian
     python fql.py --env-id cube-single-play-singletask-task2-v0 --alpha 300

@@ -38,6 +38,7 @@ residual (--residual gives the paper's form); the prior in the SDE, adjoint and 
 terminal gradient uses the target critic at the clipped action; sigma is shifted by h_K; the last SDE step is a
 noiseless prior step; the adjoint Jacobian is taken at (x_i, t_i + h_K); L_adj sums over steps and dims without an
 h_K factor; one global-norm clip instead of element-wise clipping; population std; discount^h with chunk rewards.
+The full list, the commands for every task family and the logged metrics are in docs/qam.md.
 
     python qam.py --env-id cube-double-play-singletask-task2-v0 --inv-temp 1 --horizon 5
     python qam.py --env-id scene-play-singletask-task2-v0 --inv-temp 1 --horizon 5 --sparse

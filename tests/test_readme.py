@@ -1,4 +1,5 @@
-"""Every command in README.md parses with the script's own CLI, and CI runs the README's test command."""
+"""Every command in README.md and docs/*.md parses with the script's own CLI, and CI runs the README's test command."""
+import glob
 import importlib
 import os
 import re
@@ -9,10 +10,20 @@ import tyro
 
 from conftest import ROOT
 
-README = open(os.path.join(ROOT, "README.md")).read()
-BLOCKS = re.findall(r"```bash\n(.*?)```", README, re.S)
-COMMANDS = [line.split("#")[0].strip() for block in BLOCKS for line in block.splitlines()
+METHODS = ["fql", "driftql", "dfp", "qam", "deflow"]
+
+
+def commands(text):
+    """The `python <script>.py ...` lines of the markdown's bash blocks, without their trailing comments."""
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    return [line.split("#")[0].strip() for block in blocks for line in block.splitlines()
             if line.strip().startswith("python ") and ".py" in line.split("#")[0]]
+
+
+README = open(os.path.join(ROOT, "README.md")).read()
+COMMANDS = commands(README)
+DOC_COMMANDS = {os.path.basename(p): commands(open(p).read())
+                for p in sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))}
 
 
 def test_readme_has_commands_for_every_script():
@@ -21,7 +32,13 @@ def test_readme_has_commands_for_every_script():
     assert {"fql.py", "collect.py"} <= scripts and scripts <= on_disk
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("algo", METHODS)
+def test_every_method_page_gives_its_commands(algo):
+    scripts = {shlex.split(c)[1] for c in DOC_COMMANDS.get(f"{algo}.md", [])}
+    assert scripts == {f"{algo}.py"}
+
+
+@pytest.mark.parametrize("command", COMMANDS + [c for cs in DOC_COMMANDS.values() for c in cs])
 def test_readme_command_parses(command):
     argv = shlex.split(command)
     module = importlib.import_module(argv[1][:-3])
