@@ -410,6 +410,9 @@ def resume(path, algo: str, nets: torch.nn.Module, opt, device: torch.device) ->
     """Loads the networks (targets and EMA copies included), the optimizer state and torch's random streams of a
     checkpoint, so that the resumed run draws the same batches and noise as an uninterrupted one; returns its step."""
     payload = load_checkpoint(path, algo, device)
+    if any(".qs." in k for k in payload["nets"]):  # the networks load (Critic converts them), the Adam state not
+        raise ValueError(f"{path} predates the batched critic ensemble: its networks load for evaluation, but its "
+                         "optimizer state does not fit, so training cannot resume from it; start a new run")
     try:
         nets.load_state_dict(payload["nets"])
         opt.load_state_dict(payload["optimizer"])

@@ -117,15 +117,54 @@ def mlp(in_dim: int, hidden: tuple, out_dim: int, layer_norm: bool) -> nn.Sequen
 
 
 class Critic(nn.Module):
-    """Ensemble of independently initialised Q-networks on concat[s, a]; returns [num_qs, B]."""
+    """Ensemble of num_qs independently initialised Q-networks on concat[s, a]; returns [num_qs, B].
+    Member j is `mlp(obs_dim + action_dim, hidden, 1, layer_norm)` (flax's MLP: Linear -> GELU(tanh) ->
+    LayerNorm(eps 1e-6) per hidden layer, then Linear). The members run as one batched network: layer l stacks their
+    weights as [num_qs, in, out], so a layer is one batched matmul for the whole ensemble instead of a Python loop,
+    and each LayerNorm keeps its own per-member scale and offset. The init draws each member's mlp in turn and stacks
+    its tensors: Xavier-uniform per member, zero biases, the same draws as a loop over members."""
 
     def __init__(self, obs_dim: int, action_dim: int, hidden: tuple, layer_norm: bool, num_qs: int = 2):
         super().__init__()
-        self.qs = nn.ModuleList([mlp(obs_dim + action_dim, hidden, 1, layer_norm) for _ in range(num_qs)])
+        tensors = self.stack([mlp(obs_dim + action_dim, hidden, 1, layer_norm) for _ in range(num_qs)])
+        for name in ("weights", "biases", "norm_weights", "norm_biases"):  # layer l is the entry `<name>.<l>`
+            setattr(self, name, nn.ParameterList(
+                [nn.Parameter(tensors[f"{name}.{l}"]) for l in range(len(hidden) + 1) if f"{name}.{l}" in tensors]))
+
+    @staticmethod
+    def stack(members: list) -> dict:
+        """Per-member nn.Sequential mlps -> this class's tensors: weights.l [num_qs, in, out], biases.l
+        [num_qs, 1, out], norm_weights.l and norm_biases.l [num_qs, 1, h]."""
+        out = {}
+        for kind, names in ((nn.Linear, ("weights", "biases")), (nn.LayerNorm, ("norm_weights", "norm_biases"))):
+            layers = [[m for m in q if isinstance(m, kind)] for q in members]
+            for l in range(len(layers[0])):
+                w = [q[l].weight.detach() for q in layers]
+                out[f"{names[0]}.{l}"] = torch.stack([x.T if kind is nn.Linear else x[None] for x in w])
+                out[f"{names[1]}.{l}"] = torch.stack([q[l].bias.detach()[None] for q in layers])
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        # checkpoints written before the batched ensemble hold one nn.Sequential per member (keys qs.<j>.<i>.*)
+        old = [k for k in state_dict if k.startswith(prefix + "qs.")]
+        if old:
+            dims, ln = [w.shape[1] for w in self.weights] + [1], len(self.norm_weights) > 0
+            members = nn.ModuleList([mlp(dims[0], tuple(dims[1:-1]), 1, ln) for _ in self.weights[0]])
+            members.load_state_dict({k[len(prefix) + 3:]: state_dict.pop(k) for k in old})
+            state_dict.update({prefix + k: v for k, v in self.stack(list(members)).items()})
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, action], -1)
-        return torch.stack([q(x).squeeze(-1) for q in self.qs])
+        h = x.reshape(-1, x.shape[-1]).expand(len(self.weights[0]), -1, -1)  # [num_qs, B, in], no copy
+        for l, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b, h, w)  # b + h @ w for every member at once
+            if l < len(self.weights) - 1:
+                h = nn.functional.gelu(h, approximate="tanh")
+                if len(self.norm_weights):  # in fp32 under --precision bf16 as well
+                    h = nn.functional.layer_norm(h.float(), h.shape[-1:], eps=1e-6) * self.norm_weights[l] \
+                        + self.norm_biases[l]
+        return h.float().reshape(len(self.weights[0]), *x.shape[:-1])
 
 
 class VectorField(nn.Module):

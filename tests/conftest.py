@@ -49,3 +49,16 @@ def run_dir_of(tmp_path):
     """The single run folder a script's main() made under tmp_path."""
     (d,) = glob.glob(str(tmp_path / "*"))
     return d
+
+
+def assert_batched_critic(critic, num_qs, in_dim, hidden=(512, 512, 512, 512)):
+    """The official critic as one batched ensemble: num_qs members in_dim -> hidden -> 1, a per-member LayerNorm on
+    every hidden layer, Xavier-uniform weights drawn independently per member, zero biases, unit LayerNorm scales."""
+    dims = (in_dim, *hidden, 1)
+    assert [tuple(w.shape) for w in critic.weights] == [(num_qs, i, o) for i, o in zip(dims[:-1], dims[1:])]
+    assert [tuple(b.shape) for b in critic.biases] == [(num_qs, 1, o) for o in dims[1:]]
+    assert [tuple(w.shape) for w in critic.norm_weights] == [(num_qs, 1, h) for h in hidden]
+    assert all(float(b.abs().max()) == 0 for b in [*critic.biases, *critic.norm_biases])
+    assert all(torch.equal(w, torch.ones_like(w)) for w in critic.norm_weights)
+    for w, (i, o) in zip(critic.weights, zip(dims[:-1], dims[1:])):
+        assert float(w.abs().max()) <= (6 / (i + o)) ** 0.5 * (1 + 1e-6) and not torch.equal(w[0], w[1])

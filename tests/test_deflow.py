@@ -147,8 +147,7 @@ def test_critic_constant_in_the_action_gives_zero_refinement_gradient():
     args = small_args()
     nets = nets_for(args)
     with torch.no_grad():
-        for q in nets["critic"].qs:
-            q[0].weight[:, D:] = 0  # Q(s, a) no longer depends on a (and is not 0, so the normaliser is finite)
+        nets["critic"].weights[0][:, D:] = 0  # Q(s, a) no longer depends on a (and is not 0, so the normaliser is finite)
     out = losses_at(nets, batch(), args)
     refine = list(nets["refine_onestep_flow"].parameters())
     assert out["q"].abs().item() > 0
@@ -237,8 +236,7 @@ def test_td_target_aggregates_with_q_agg_and_bootstraps_on_masks():
     nets = nets_for(args)
     b = batch()
     with torch.no_grad():  # discount 0: y = r, so a critic that outputs r has zero TD loss
-        for q_net in nets["critic"].qs:
-            q_net[-1].weight.zero_()
+        nets["critic"].weights[-1].zero_()
     out_far = losses_at(nets, {**b, "rewards": torch.zeros(B)}, args)["critic_loss"]
     assert out_far.item() == pytest.approx(0.0, abs=1e-12)
     args = small_args(discount=0.9)
@@ -266,10 +264,9 @@ def test_q_normalisation_makes_the_refinement_gradient_invariant_to_critic_scale
         args = small_args(normalize_q_loss=normalize)
         nets = nets_for(args)
         with torch.no_grad():
-            for q in nets["critic"].qs:
-                q[-1].bias.fill_(-2.0)
-                q[-1].weight.mul_(scale)
-                q[-1].bias.mul_(scale)
+            nets["critic"].biases[-1].fill_(-2.0)
+            nets["critic"].weights[-1].mul_(scale)
+            nets["critic"].biases[-1].mul_(scale)
         out = losses_at(nets, batch(), args)
         return grads(out["q_loss"], nets["refine_onestep_flow"].parameters())
 

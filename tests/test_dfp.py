@@ -10,7 +10,7 @@ import torch
 import common
 import dfp
 import driftql
-from conftest import MAZE_ID, grads_of, run_dir_of
+from conftest import MAZE_ID, assert_batched_critic, grads_of, run_dir_of
 
 D, A, B = 5, 3, 16
 
@@ -342,13 +342,11 @@ def test_the_critic_reaches_the_actor_only_through_the_ranking():
 
     g0 = actor_grad()
     with torch.no_grad():
-        for q in nets["critic"].qs:
-            q[-1].weight.mul_(3.0)
-            q[-1].bias.mul_(3.0).add_(7.0)
+        nets["critic"].weights[-1].mul_(3.0)
+        nets["critic"].biases[-1].mul_(3.0).add_(7.0)
     assert all(torch.equal(a, b) for a, b in zip(g0, actor_grad()))
     with torch.no_grad():
-        for q in nets["critic"].qs:
-            q[-1].weight.neg_()
+        nets["critic"].weights[-1].neg_()
     assert not all(torch.allclose(a, b) for a, b in zip(g0, actor_grad()))
 
 
@@ -359,7 +357,7 @@ def test_networks_follow_the_official_architecture():
         actor = nets[name].net
         assert [type(m).__name__ for m in actor] == ["Linear", "GELU"] * 4 + ["Linear"]
         assert actor[0].in_features == 29 + 8 and actor[-1].out_features == 8 and nets[name].noise_dim == 8
-    assert [type(m).__name__ for m in nets["critic"].qs[0]] == ["Linear", "GELU", "LayerNorm"] * 4 + ["Linear"]
+    assert_batched_critic(nets["critic"], 2, 29 + 8)
 
 
 def test_update_returns_detached_metrics_with_the_raw_force():

@@ -9,7 +9,7 @@ import torch
 import common
 import driftql
 import fql
-from conftest import MAZE_ID, grads_of, run_dir_of
+from conftest import MAZE_ID, assert_batched_critic, grads_of, run_dir_of
 
 D, A, B = 5, 3, 16
 KERNELS = ("laplace", "gaussian")
@@ -228,7 +228,7 @@ def test_networks_follow_the_official_architecture():
     assert [type(m).__name__ for m in actor] == ["Linear", "GELU"] * 4 + ["Linear"]
     assert actor[0].in_features == 29 + 8 and actor[-1].out_features == 8
     assert driftql.make_nets(driftql.Args(noise_dim=8), 29, 5)["actor_bc_drift"].net[0].in_features == 37
-    assert [type(m).__name__ for m in nets["critic"].qs[0]] == ["Linear", "GELU", "LayerNorm"] * 4 + ["Linear"]
+    assert_batched_critic(nets["critic"], 2, 29 + 8)
     assert not any(p.requires_grad for p in nets["target_critic"].parameters())
 
 
@@ -334,8 +334,7 @@ def test_normalized_q_loss_is_scale_free():
     args = small_args(normalize_q_loss=True)
     nets = nets_for(args)
     with torch.no_grad():
-        for q in nets["critic"].qs:
-            q[-1].bias.sub_(50.0)  # all Q < 0: -mean(Q) / (mean|Q| + 1e-6) is 1 up to the 1e-6
+        nets["critic"].biases[-1].sub_(50.0)  # all Q < 0: -mean(Q) / (mean|Q| + 1e-6) is 1 up to the 1e-6
     torch.manual_seed(3)
     assert driftql.losses(nets, batch(), args)["q_loss"].item() == pytest.approx(1.0, abs=1e-6)
 

@@ -9,7 +9,7 @@ import torch
 
 import common
 import fql
-from conftest import MAZE_ID, grads_of, run_dir_of
+from conftest import MAZE_ID, assert_batched_critic, grads_of, run_dir_of
 
 D, A, B = 5, 3, 16
 
@@ -92,14 +92,11 @@ def test_soft_update():
 
 def test_networks_follow_the_official_architecture():
     nets = fql.make_nets(fql.Args(), 29, 8)
-    layers = list(nets["critic"].qs[0])
-    kinds = [type(m).__name__ for m in layers]
-    assert kinds == ["Linear", "GELU", "LayerNorm"] * 4 + ["Linear"]
-    assert layers[1].approximate == "tanh" and layers[2].eps == 1e-6
+    assert_batched_critic(nets["critic"], 2, 29 + 8)
     assert [type(m).__name__ for m in nets["actor_onestep_flow"].net].count("LayerNorm") == 0
     assert nets["actor_bc_flow"].net[0].in_features == 29 + 8 + 1 and nets["actor_onestep_flow"].net[0].in_features == 37
     assert all(float(m.bias.abs().max()) == 0 for m in nets.modules() if isinstance(m, torch.nn.Linear))
-    w = nets["critic"].qs[0][0].weight  # Xavier-uniform bound sqrt(6 / (fan_in + fan_out))
+    w = nets["critic"].weights[0][0]  # Xavier-uniform bound sqrt(6 / (fan_in + fan_out))
     assert float(w.abs().max()) <= np.sqrt(6 / (37 + 512)) and float(w.std()) == pytest.approx(np.sqrt(2 / 549), 0.05)
     assert not any(p.requires_grad for p in nets["target_critic"].parameters())
 
@@ -140,13 +137,11 @@ def test_normalized_q_loss_is_scale_free():
 
     mixed = q_loss()  # Q of both signs at init: -mean(Q) / mean|Q| is strictly inside (-1, 1)
     with torch.no_grad():
-        for q in nets["critic"].qs:
-            q[-1].bias.sub_(50.0)  # all Q < 0, as with OGBench rewards: the normalised loss is exactly 1
+        nets["critic"].biases[-1].sub_(50.0)  # all Q < 0, as with OGBench rewards: the normalised loss is exactly 1
     assert abs(mixed) < 0.99 and q_loss() == pytest.approx(1.0)
     with torch.no_grad():
-        for q in nets["critic"].qs:
-            q[-1].weight.mul_(0.5)
-            q[-1].bias.add_(20.0)  # still all negative, different scale
+        nets["critic"].weights[-1].mul_(0.5)
+        nets["critic"].biases[-1].add_(20.0)  # still all negative, different scale
     assert q_loss() == pytest.approx(1.0)
     args = small_args(normalize_q_loss=False)
     assert q_loss() > 20

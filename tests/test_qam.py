@@ -11,7 +11,7 @@ import torch
 
 import common
 import qam
-from conftest import CUBE_ID, grads_of
+from conftest import CUBE_ID, assert_batched_critic, grads_of
 
 S, A, H, B, K = 6, 2, 3, 16, 10
 D = A * H
@@ -140,8 +140,7 @@ def test_constant_critic_and_a_copy_of_the_prior_give_exactly_zero_loss_and_grad
     args = small_args()
     nets = nets_for(args)
     with torch.no_grad():
-        for q in nets["target_critic"].qs:  # Q independent of the action
-            q[-1].weight.zero_()
+        nets["target_critic"].weights[-1].zero_()  # Q independent of the action
     nets["actor_ft_flow"].load_state_dict(nets["target_actor_bc_flow"].state_dict())
     out = qam.losses(nets, batch(), args)
     assert out["adj_loss"].item() == 0.0 and out["adj_max"].item() == 0.0
@@ -214,7 +213,7 @@ def test_adjoint_matching_reads_the_target_critic_and_target_behaviour_flow_only
     assert adj_loss() == base
     for name in ("target_critic", "target_actor_bc_flow"):
         with torch.no_grad():
-            nets[name].qs[0][0].weight.mul_(1.5) if name == "target_critic" else nets[name].net[0].weight.mul_(1.5)
+            nets[name].weights[0][0].mul_(1.5) if name == "target_critic" else nets[name].net[0].weight.mul_(1.5)
         changed = adj_loss()
         assert changed != base, name
         base = changed
@@ -338,14 +337,13 @@ def test_parameter_counts_of_the_cube_configuration_match_the_paper():
         assert sum(p.numel() for p in nets.parameters()) + 838_169 == {
             "qam": 19_941_496, "qam-fql": 20_779_153, "qam-edit": 20_791_979}[variant]
     assert counts == {"qam": 9_970_748, "qam-fql": 9_970_748 + 837_657, "qam-edit": 9_970_748 + 850_483}
-    layers = list(nets["critic"].qs[0])
-    assert [type(m).__name__ for m in layers] == ["Linear", "GELU", "LayerNorm"] * 4 + ["Linear"]
+    assert_batched_critic(nets["critic"], 10, 46 + 25)
     assert "LayerNorm" not in [type(m).__name__ for m in nets["actor_ft_flow"].net]
-    assert len(nets["critic"].qs) == 10 and nets["actor_ft_flow"].net[0].in_features == 46 + 25 + 1
+    assert nets["actor_ft_flow"].net[0].in_features == 46 + 25 + 1
     # v_ft is its own randomly initialised network (official residual=False), not a copy of v_b; the targets are
     assert not torch.equal(nets["actor_ft_flow"].net[0].weight, nets["actor_bc_flow"].net[0].weight)
     assert torch.equal(nets["target_actor_bc_flow"].net[0].weight, nets["actor_bc_flow"].net[0].weight)
-    assert torch.equal(nets["target_critic"].qs[3][3].weight, nets["critic"].qs[3][3].weight)
+    assert torch.equal(nets["target_critic"].weights[1][3], nets["critic"].weights[1][3])
 
 
 def test_act_integrates_the_fine_tuned_flow_and_the_bc_flow_when_inv_temp_is_zero():
