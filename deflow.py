@@ -259,6 +259,14 @@ def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
             tp.lerp_(sp, tau)
 
 
+def frozen(module: nn.Module):
+    """`module` as a function of its inputs only: a functional call on detached copies of its parameters. A loss
+    through it sends gradient into the inputs (the actor's action) and none into the parameters. Unlike toggling
+    requires_grad, this compiles without graph breaks."""
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    return lambda *inputs: torch.func.functional_call(module, params, inputs)
+
+
 def sample_actions(nets: nn.ModuleDict, obs: torch.Tensor, flow_steps: int) -> torch.Tensor:
     """The official `sample_actions`: a_base = clip(Euler_K(v, s, z)), z ~ N(0, I), then clip(a_base + f(s, a_base))."""
     z = torch.randn(obs.shape[0], nets["actor_bc_flow"].net[-1].out_features, device=obs.device)
@@ -289,11 +297,9 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
     alpha = log_alpha.exp().detach()
     alpha_loss = -log_alpha * (distill_loss.detach() - args.delta)  # d/d log_alpha = -(D - delta)
     actor_actions = base_actions + residual
-    # actor: Q term. The critic is frozen while it is evaluated here, so this loss routes gradient only into the
-    # actor through the action; the critic's parameters get none of it (the same idiom in every script).
-    critic.requires_grad_(False)
-    q_pi = critic(obs, actor_actions.clamp(-1, 1)).mean(0)  # always the ensemble mean here
-    critic.requires_grad_(True)
+    # actor: Q term through the frozen critic: this loss routes gradient only into the actor through the action;
+    # the critic's parameters get none of it (the same idiom in every script).
+    q_pi = frozen(critic)(obs, actor_actions.clamp(-1, 1)).mean(0)  # always the ensemble mean here
     q_loss = -q_pi.mean()
     if args.normalize_q_loss:
         q_loss = q_loss / q_pi.abs().mean().detach()

@@ -295,6 +295,14 @@ def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
             tp.lerp_(sp, tau)
 
 
+def frozen(module: nn.Module):
+    """`module` as a function of its inputs only: a functional call on detached copies of its parameters. A loss
+    through it sends gradient into the inputs (the actor's action) and none into the parameters. Unlike toggling
+    requires_grad, this compiles without graph breaks."""
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    return lambda *inputs: torch.func.functional_call(module, params, inputs)
+
+
 def sample_actions(actor: Generator, obs: torch.Tensor) -> torch.Tensor:
     """The official `sample_actions`: clip(f_theta(s, eps), -1, 1), fresh eps ~ N(0, I), NaN -> 0. [B, D] -> [B, A]"""
     eps = torch.randn(obs.shape[0], actor.noise_dim, device=obs.device)
@@ -323,11 +331,9 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
     drift, v_drift, v_attract, v_repel = drift_loss(gen, pos, args.drift_temp, args.kernel, args.drift_eta, pos_mask)
     # actor: a separate generator sample per state for the Q term (not one of the N drift samples)
     actor_actions = actor(obs, torch.randn(b, actor.noise_dim, device=obs.device))
-    # actor: Q term. The critic is frozen while it is evaluated here, so this loss routes gradient only into the
-    # actor through the action; the critic's parameters get none of it (the same idiom in every script).
-    critic.requires_grad_(False)
-    q_pi = critic(obs, actor_actions.clamp(-1, 1)).mean(0)  # always the ensemble mean here
-    critic.requires_grad_(True)
+    # actor: Q term through the frozen critic: this loss routes gradient only into the actor through the action;
+    # the critic's parameters get none of it (the same idiom in every script).
+    q_pi = frozen(critic)(obs, actor_actions.clamp(-1, 1)).mean(0)  # always the ensemble mean here
     q_loss = -q_pi.mean()
     if args.normalize_q_loss:
         q_loss = q_loss / (q_pi.abs().mean().detach() + 1e-6)

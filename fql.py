@@ -232,6 +232,14 @@ def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
             tp.lerp_(sp, tau)
 
 
+def frozen(module: nn.Module):
+    """`module` as a function of its inputs only: a functional call on detached copies of its parameters. A loss
+    through it sends gradient into the inputs (the actor's action) and none into the parameters. Unlike toggling
+    requires_grad, this compiles without graph breaks."""
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    return lambda *inputs: torch.func.functional_call(module, params, inputs)
+
+
 def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
     """Every FQL loss term of one step (still attached to the graph) and its diagnostics, from one snapshot."""
     obs, actions = batch["observations"], batch["actions"]
@@ -252,11 +260,9 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
         target_flow_actions = euler_integrate(bc_flow, obs, z, args.flow_steps)
     actor_actions = onestep(obs, z)
     distill_loss = ((actor_actions - target_flow_actions) ** 2).mean()
-    # actor: Q term. The critic is frozen while it is evaluated here, so this loss routes gradient only into the
-    # actor through the action; the critic's parameters get none of it (the same idiom in every script).
-    critic.requires_grad_(False)
-    q_pi = critic(obs, actor_actions.clamp(-1, 1)).mean(0)  # always the ensemble mean here
-    critic.requires_grad_(True)
+    # actor: Q term through the frozen critic: this loss routes gradient only into the actor through the action;
+    # the critic's parameters get none of it (the same idiom in every script).
+    q_pi = frozen(critic)(obs, actor_actions.clamp(-1, 1)).mean(0)  # always the ensemble mean here
     q_loss = -q_pi.mean()
     if args.normalize_q_loss:
         q_loss = q_loss / q_pi.abs().mean().detach()

@@ -301,12 +301,18 @@ def noise_schedule(steps: int, device=None) -> torch.Tensor:
     return torch.sqrt(2 * (1 - t + 1 / steps) / (t + 1 / steps))
 
 
+@torch.compiler.assume_constant_result
+def noise_levels(steps: int) -> list:
+    """noise_schedule(steps) as Python floats; torch.compile takes them as constants (no host sync in the step)."""
+    return noise_schedule(steps).tolist()
+
+
 @torch.no_grad()
 def memoryless_rollout(v, prior, obs: torch.Tensor, x0: torch.Tensor, steps: int) -> tuple:
     """Memoryless SDE dx = (2 v - x / t) dt + sigma(t) dB with the discretisation of the official `adj_matching`:
     K-1 noisy steps driven by v, then one noiseless Euler step of the prior. The drift -x/(t+h) cancels x_0 in the
     first step, so x_1 does not depend on x_0. Returns X = [x_0..x_{K-1}] [K, B, D], T [K, B, 1] and x_K [B, D]."""
-    h, sigma = 1.0 / steps, noise_schedule(steps).tolist()
+    h, sigma = 1.0 / steps, noise_levels(steps)
     x, xs, ts = x0, [], []
     for i in range(steps):
         t = torch.full_like(x[:, :1], i * h)
@@ -321,25 +327,23 @@ def memoryless_rollout(v, prior, obs: torch.Tensor, x0: torch.Tensor, steps: int
 
 def terminal_adjoint(critic: nn.Module, obs: torch.Tensor, x: torch.Tensor, inv_temp: float) -> torch.Tensor:
     """g_K = -inv_temp * grad_x mean_j Q_j(s, clip(x, -1, 1)): zero on coordinates clipped away. No parameter grads,
-    no graph kept. [B, D]"""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(critic(obs, x.clamp(-1, 1)).mean(0).sum(), x)
-    return -inv_temp * grad
+    no graph kept (torch.func.grad, which torch.compile traces, unlike torch.autograd.grad). [B, D]"""
+    grad = torch.func.grad(lambda x: critic(obs, x.clamp(-1, 1)).mean(0).sum())(x.detach())
+    return -inv_temp * grad.detach()
 
 
 def lean_adjoint(prior, obs: torch.Tensor, xs: torch.Tensor, g_final: torch.Tensor, steps: int) -> torch.Tensor:
     """Lean adjoint ODE backwards with vector-Jacobian products of the prior only:
     g_i = g_{i+1} + h * g_{i+1}^T d/dx [2 prior(s, x, t_i + h) - x / (t_i + h)] at x = x_i (the official time index).
-    Gradients are taken with respect to x only; the result is detached. Returns G = [g_0..g_{K-1}] [K, B, D]."""
+    Gradients are taken with respect to x only (torch.func.vjp); the result is detached. Returns G = [g_0..g_{K-1}]
+    [K, B, D]."""
     h, g, out = 1.0 / steps, g_final.detach(), []
-    with torch.enable_grad():
-        for i in reversed(range(steps)):
-            x = xs[i].detach().requires_grad_(True)
-            u = torch.full_like(x[:, :1], i * h) + h
-            (vjp,) = torch.autograd.grad(2 * prior(obs, x, u) - x / u, x, grad_outputs=g)
-            g = (g + h * vjp).detach()
-            out.append(g)
+    for i in reversed(range(steps)):
+        u = torch.full_like(xs[i][:, :1], i * h) + h
+        _, vjp_fn = torch.func.vjp(lambda x: 2 * prior(obs, x, u) - x / u, xs[i].detach())  # noqa: B023
+        (vjp,) = vjp_fn(g)
+        g = (g + h * vjp).detach()
+        out.append(g)
     return torch.stack(out[::-1])
 
 
@@ -365,6 +369,14 @@ def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
             tp.lerp_(sp, tau)
 
 
+def frozen(module: nn.Module):
+    """`module` as a function of its inputs only: a functional call on detached copies of its parameters. A loss
+    through it sends gradient into the inputs (the actor's action) and none into the parameters. Unlike toggling
+    requires_grad, this compiles without graph breaks."""
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    return lambda *inputs: torch.func.functional_call(module, params, inputs)
+
+
 def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor) -> tuple:
     """Reparameterised Delta = tanh(u), u ~ N(mean, exp(log_std)^2), and log pi(Delta) [B] with the stable
     log|d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)) (the Tanh bijector of TFP)."""
@@ -381,11 +393,10 @@ def policy_velocity(nets: nn.ModuleDict, args: Args):
 
 def variant_losses(nets: nn.ModuleDict, obs: torch.Tensor, chunk_dim: int, args: Args) -> dict:
     """QAM-FQL or QAM-EDIT loss on top of a no-grad sample of the fine-tuned flow; the critic is frozen, as in FQL."""
-    critic = nets["critic"]
+    critic = frozen(nets["critic"])  # gradient into the action only, never into the critic (the idiom of every script)
     z = torch.randn(obs.shape[0], chunk_dim, device=obs.device)
     with torch.no_grad():
         flow_actions = euler_integrate(policy_velocity(nets, args), obs, z, args.flow_steps)
-    critic.requires_grad_(False)
     if args.variant == "qam-fql":  # one-step actor: distil the fine-tuned flow (same noise) while maximising Q
         onestep_actions = nets["actor_onestep_flow"](obs, z)
         fql_distill_loss = ((flow_actions - onestep_actions) ** 2).mean()
@@ -402,7 +413,6 @@ def variant_losses(nets: nn.ModuleDict, obs: torch.Tensor, chunk_dim: int, args:
         out = dict(variant_loss=edit_q_loss + edit_entropy_loss + edit_alpha_loss, edit_q_loss=edit_q_loss,
                    edit_entropy_loss=edit_entropy_loss, edit_alpha_loss=edit_alpha_loss, edit_entropy=entropy,
                    edit_alpha=alpha)
-    critic.requires_grad_(True)
     return out
 
 
