@@ -149,6 +149,7 @@ class Task:
     make_env: Optional[Callable[[], gym.Env]]  # one evaluation env (None for the bandit)
     score: Optional[Callable[[np.ndarray], np.ndarray]] = None  # episodic return -> normalised score x100
     max_episode_steps: int = 1
+    online_reward_shift: float = 0.0  # added to env rewards collected online (D4RL AntMaze: -1, as FQL's main.py)
 
 
 def load_task(env_id: str, device: torch.device, extra_capacity: int = 0) -> Task:
@@ -261,7 +262,7 @@ def _minari_task(dataset_id: str, device: torch.device) -> Task:
     probe = make_env()
     steps = probe.spec.max_episode_steps
     probe.close()
-    return Task(dataset_id, Dataset.from_numpy(data, device), None, make_env, score, steps)
+    return Task(dataset_id, Dataset.from_numpy(data, device), None, make_env, score, steps, -1.0 if antmaze else 0.0)
 
 
 # The four-Gaussian bandit of DriftQL Fig. 1 (reconstruction in specs/driftql.md §9): modes in a cross,
@@ -349,6 +350,134 @@ def save_bandit_png(actions: np.ndarray, path: str, size: int = 440) -> None:
     Image.fromarray(img).save(path)
 
 
+def chunked_policy(policy, horizon: int):
+    """Open-loop chunk execution for `evaluate`, which calls the policy once per env step and wants [N, A]:
+    plan a chunk [N, h*A] every h steps and hand out its actions in order. The episodes of the vector env start
+    together and a finished env's later actions are ignored, so one step counter serves every env."""
+    state = {"step": 0, "chunk": None}
+
+    def step_policy(obs: torch.Tensor) -> torch.Tensor:
+        if state["step"] % horizon == 0:
+            chunk = policy(obs)
+            state["chunk"] = chunk.reshape(chunk.shape[0], horizon, -1)  # [N, h, A]
+        action = state["chunk"][:, state["step"] % horizon]
+        state["step"] += 1
+        return action
+
+    return step_policy
+
+
+# ---------------------------------------------------------------------------------------------------- online phase
+class Collector:
+    """The online phase of offline-to-online fine-tuning, as the official main.py loops run it: one training env,
+    its current episode, and the replay, which is `task.train` itself (the offline rows, then the online ones).
+
+    `step` executes one env step and stores exactly one transition: masks = 1 - terminated (a time limit still
+    bootstraps), terminals = terminated or truncated, rewards = the env reward + task.online_reward_shift, passed
+    through `reward_fn` when given (QAM's --sparse). The policy maps [1, D] to a chunk [1, h*A]; its h actions run
+    open-loop and every executed step is stored, so chunk samplers see online data as they see the dataset. The chunk
+    queue is dropped when an episode ends. The replay holds max(buffer_size, N + 1) rows (buffer_size 0: N + online
+    steps) and then overwrites its oldest rows, like the official ReplayBuffer; with `balanced` the online rows form
+    their own buffer of buffer_size rows after the N offline ones, as FQL's --balanced_sampling.
+    """
+
+    def __init__(self, task: Task, online_steps: int, buffer_size: int, seed: int, writer, horizon: int = 1,
+                 balanced: bool = False, reward_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+        if task.make_env is None:
+            raise ValueError(f"--online-steps needs an environment to act in, and {task.env_id} has none: "
+                             "fine-tune on an OGBench or Minari task")
+        try:
+            self.env = task.make_env()
+        except Exception as e:  # noqa: BLE001 (any failure to build the env gives the same advice)
+            raise ValueError(f"--online-steps: the environment of {task.env_id} cannot be built here "
+                             f"({type(e).__name__}: {e}); run without --online-steps") from None
+        n = task.train.size
+        if balanced:
+            capacity = n + min(buffer_size, online_steps)
+        elif buffer_size == 0:
+            capacity = n + online_steps
+        else:
+            capacity = min(max(buffer_size, n + 1), n + online_steps)  # never allocate rows no step can fill
+        task.train = task.train.grow(capacity - n)
+        self.task, self.data, self.offline_size, self.balanced = task, task.train, n, balanced
+        self.seed, self.writer, self.horizon, self.reward_fn = seed, writer, horizon, reward_fn
+        self.start = n if balanced else 0  # where the write pointer wraps to when the replay is full
+        self.pointer, self.wrapped = n, False
+        self.steps = 0  # env steps collected so far (the official online step i)
+        self.policy_calls = 0
+        self.obs, self.queue, self.ret, self.length = None, [], 0.0, 0
+
+    def step(self, policy: Callable[[torch.Tensor], torch.Tensor], global_step: int) -> None:
+        """One env step of the deployed policy; one transition into the replay; episode stats to `online/`."""
+        device = self.data.observations.device
+        if self.obs is None:  # a fresh episode; the first reset of a process is seeded (also after --resume)
+            self.obs, _ = self.env.reset(seed=self.seed + 3000 + global_step) if self.policy_calls == 0 \
+                else self.env.reset()
+            self.queue, self.ret, self.length = [], 0.0, 0
+        if not self.queue:  # the host waits for the chunk here, the one sync of an online step besides the env step
+            chunk = policy(torch.as_tensor(self.obs, dtype=torch.float32, device=device)[None])
+            self.queue = list(chunk.reshape(self.horizon, -1).cpu().numpy())
+            self.policy_calls += 1
+        action = self.queue.pop(0)
+        next_obs, reward, terminated, truncated, info = self.env.step(np.clip(action, -1, 1))
+        stored = float(reward) + self.task.online_reward_shift
+        if self.reward_fn is not None:
+            stored = float(self.reward_fn(torch.tensor(stored)))
+        done = bool(terminated or truncated)
+        row = np.concatenate([np.asarray(self.obs, np.float32).ravel(), action.astype(np.float32),
+                              [stored], np.asarray(next_obs, np.float32).ravel(), [1.0 - float(terminated)],
+                              [float(done)]]).astype(np.float32)
+        self._put(torch.as_tensor(row, device=device))
+        self.steps += 1
+        self.ret, self.length = self.ret + float(reward), self.length + 1
+        if done:
+            episode = {"episodic_return": self.ret, "episodic_length": self.length}
+            if "success" in info:
+                episode["success"] = float(info["success"])
+            if self.writer is not None:
+                log_scalars(self.writer, "online", episode, global_step)
+            self.obs = None
+        else:
+            self.obs = next_obs
+
+    def _put(self, row: torch.Tensor) -> None:
+        """Writes one flat transition [D + A + 1 + D + 2] at the write pointer."""
+        d, a = self.data.observations.shape[1], self.data.actions.shape[1]
+        if self.pointer == len(self.data.observations):  # full: overwrite the oldest rows from here on
+            self.pointer, self.wrapped = self.start, True
+        i, ds = self.pointer, self.data
+        ds.observations[i], ds.actions[i], ds.rewards[i] = row[:d], row[d:d + a], row[d + a]
+        ds.next_observations[i], ds.masks[i], ds.terminals[i] = row[d + a + 1:2 * d + a + 1], row[-2], row[-1]
+        ds.size = max(ds.size, i + 1)
+        self.pointer = i + 1
+
+    def sample(self, batch_size: int) -> dict:
+        """A batch for an online update: uniform over the whole replay, or with `balanced` half from the offline rows
+        and half from the online ones (FQL's --balanced_sampling). Indices are drawn on the device."""
+        if not self.balanced:
+            return self.data.sample(batch_size)
+        dev, n = self.data.observations.device, self.offline_size
+        idx = torch.cat([torch.randint(n, (batch_size // 2,), device=dev),
+                         n + torch.randint(self.data.size - n, (batch_size // 2,), device=dev)])
+        return {k: getattr(self.data, k)[idx] for k in Dataset.KEYS}
+
+    def state_dict(self) -> dict:
+        """The online rows (all rows once the replay has wrapped into the dataset) and the counters."""
+        lo = self.start if self.wrapped else self.offline_size
+        return {"steps": self.steps, "pointer": self.pointer, "wrapped": self.wrapped, "size": self.data.size,
+                "lo": lo, "rows": {k: getattr(self.data, k)[lo:self.data.size].clone() for k in Dataset.KEYS}}
+
+    def load_state_dict(self, state: dict) -> None:
+        lo, size = state["lo"], state["size"]
+        if size > len(self.data.observations) or lo < 0:
+            raise ValueError(f"the checkpoint holds {size} replay rows but this run has room for "
+                             f"{len(self.data.observations)}: pass the --online-steps and --buffer-size it ran with")
+        for k in Dataset.KEYS:
+            getattr(self.data, k)[lo:size] = state["rows"][k]
+        self.data.size, self.pointer, self.wrapped, self.steps = size, state["pointer"], state["wrapped"], state["steps"]
+        self.obs, self.queue = None, []  # the resumed run starts a fresh episode
+
+
 # ---------------------------------------------------------------------------------------------------- logging
 def start_run(args, script: str) -> tuple:
     """Makes runs/<env>__<exp>__<seed>__<time>/ with args.json, a tensorboard writer (+ wandb on --track)."""
@@ -388,11 +517,15 @@ def append_csv(path: Path, step: int, metrics: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, algo: str, step: int, args, nets: torch.nn.Module, opt) -> None:
-    """One self-describing file; written to a temp name first so a crash never leaves a half checkpoint."""
+def save_checkpoint(path: Path, algo: str, step: int, args, nets: torch.nn.Module, opt,
+                    online: Optional[Collector] = None) -> None:
+    """One self-describing file; written to a temp name first so a crash never leaves a half checkpoint.
+    During the online phase it also holds the online transitions and counters of `online`."""
     payload = {"algo": algo, "step": step, "args": asdict(args), "nets": nets.state_dict(),
                "optimizer": opt.state_dict() if opt is not None else None, "rng": torch.get_rng_state(),
                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    if online is not None and online.steps > 0:
+        payload["online"] = online.state_dict()
     tmp = Path(str(path) + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -406,9 +539,11 @@ def load_checkpoint(path, algo: str, device: torch.device) -> dict:
     return payload
 
 
-def resume(path, algo: str, nets: torch.nn.Module, opt, device: torch.device) -> int:
+def resume(path, algo: str, nets: torch.nn.Module, opt, device: torch.device,
+           online: Optional[Collector] = None) -> int:
     """Loads the networks (targets and EMA copies included), the optimizer state and torch's random streams of a
-    checkpoint, so that the resumed run draws the same batches and noise as an uninterrupted one; returns its step."""
+    checkpoint, so that the resumed run draws the same batches and noise as an uninterrupted one; returns its step.
+    A checkpoint of the online phase also puts its online transitions back into the replay of `online`."""
     payload = load_checkpoint(path, algo, device)
     if any(".qs." in k for k in payload["nets"]):  # the networks load (Critic converts them), the Adam state not
         raise ValueError(f"{path} predates the batched critic ensemble: its networks load for evaluation, but its "
@@ -423,6 +558,8 @@ def resume(path, algo: str, nets: torch.nn.Module, opt, device: torch.device) ->
         torch.set_rng_state(payload["rng"].cpu())
         if torch.cuda.is_available() and len(payload["cuda_rng"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.cpu() for s in payload["cuda_rng"]])
+    if "online" in payload and online is not None:
+        online.load_state_dict(payload["online"])
     return payload["step"]
 
 
