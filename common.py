@@ -474,7 +474,8 @@ class Collector:
                              f"{len(self.data.observations)}: pass the --online-steps and --buffer-size it ran with")
         for k in Dataset.KEYS:
             getattr(self.data, k)[lo:size] = state["rows"][k]
-        self.data.size, self.pointer, self.wrapped, self.steps = size, state["pointer"], state["wrapped"], state["steps"]
+        self.data.size, self.pointer, self.wrapped = size, state["pointer"], state["wrapped"]
+        self.steps = state["steps"]
         self.obs, self.queue = None, []  # the resumed run starts a fresh episode
 
 

@@ -24,8 +24,12 @@ Deviations from the official code:
   6. The logged `mse` reuses the refined actions of the actor loss; the official code draws a third sample for it
      (same distribution, K fewer flow passes per step).
   7. Validation losses on the OGBench val split are not logged (the official code logs them every 5K steps).
-  8. Not ported: offline-to-online training (--online_steps, fix_bc_flow_online), the fixed-alpha ablation
-     (use_lagrange=False), the unused max-Q and iterative-refinement samplers, and the pixel encoders.
+  8. Not ported: the fixed-alpha ablation (use_lagrange=False), the unused max-Q and iterative-refinement samplers,
+     and the pixel encoders.
+  9. --fix-bc-flow-online freezes the flow from the first online update; the official code still trains it on the
+     first one (its step counter is compared before increment) and Adam's momentum keeps moving it for a while.
+ 10. --online-steps runs the official main.py online loop through common.Collector; the training env's first reset
+     is seeded from --seed (official: unseeded); collected episodes are logged as online/* (official: exploration/*).
 The full list, the commands for every task family and the logged metrics are in docs/deflow.md.
 
     python deflow.py --env-id bandit-4gaussian
@@ -109,6 +113,19 @@ class Args:
     """divide the Q loss by sg(mean |Q|) (official config: False, but True in every reported run)"""
     eval_bc_flow: bool = False
     """also evaluate the K-step BC flow on its own (the flow-BC baseline), logged as eval/bc_flow_*"""
+    # --- offline-to-online
+    online_steps: int = 0
+    """env steps of online fine-tuning after the offline phase, one update per step (official --online_steps; 1M in
+    the paper's offline-to-online table, with the offline delta: "zero additional tuning")"""
+    buffer_size: int = 2_000_000
+    """replay rows (dataset + online transitions); the oldest are overwritten beyond max(this, N + 1) (official: 2M)"""
+    start_training: int = 0
+    """online updates begin at this online env step; the steps before only collect (official DeFlow: 0)"""
+    balanced_sampling: bool = False
+    """online batches half from the dataset, half from the online transitions (official --balanced_sampling: off)"""
+    fix_bc_flow_online: bool = False
+    """freeze the BC flow online: L_flow leaves the loss and the flow gets no optimizer step (official option, off;
+    the paper's frozen-prior variant); alpha keeps adapting either way"""
 
 
 # ---------------------------------------------------------------------------------------------------- networks
@@ -274,8 +291,10 @@ def sample_actions(nets: nn.ModuleDict, obs: torch.Tensor, flow_steps: int) -> t
     return (base_actions + nets["refine_onestep_flow"](obs, base_actions)).clamp(-1, 1)
 
 
-def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
-    """Every DeFlow loss term of one step (still attached to the graph) and its diagnostics, from one snapshot."""
+def losses(nets: nn.ModuleDict, batch: dict, args: Args, train_flow: bool = True) -> dict:
+    """Every DeFlow loss term of one step (still attached to the graph) and its diagnostics, from one snapshot.
+    train_flow=False (--fix-bc-flow-online in the online phase) leaves L_flow out of the loss, so the flow receives
+    no gradient and Adam skips it; L_flow is still reported."""
     obs, actions = batch["observations"], batch["actions"]
     bc_flow, refine, critic = nets["actor_bc_flow"], nets["refine_onestep_flow"], nets["critic"]
     # critic: TD target from the refined policy at s' (online flow and refinement, fresh noise, no gradient)
@@ -303,15 +322,16 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
     q_loss = -q_pi.mean()
     if args.normalize_q_loss:
         q_loss = q_loss / q_pi.abs().mean().detach()
-    actor_loss = bc_flow_loss + alpha * distill_loss + q_loss + alpha_loss
+    actor_loss = (bc_flow_loss if train_flow else 0.0) + alpha * distill_loss + q_loss + alpha_loss
     return dict(critic_loss=critic_loss, q_mean=q.mean(), q_max=q.max(), q_min=q.min(), actor_loss=actor_loss,
                 bc_flow_loss=bc_flow_loss, distill_loss=distill_loss, q_loss=q_loss, q=q_pi.mean(),
                 alpha_loss=alpha_loss, alpha_value=alpha, mse=((actor_actions.clamp(-1, 1) - actions) ** 2).mean())
 
 
-def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args) -> dict:
+def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args,
+           train_flow: bool = True) -> dict:
     """One Adam step on critic + actor losses; the target moves from the pre-update critic, as in the official code."""
-    out = losses(nets, batch, args)
+    out = losses(nets, batch, args, train_flow)
     total = out["critic_loss"] + out["actor_loss"]
     opt.zero_grad(set_to_none=True)
     total.backward()
@@ -341,21 +361,29 @@ def main(args: Args) -> dict:
     device = common.get_device(args.device)
     task = common.load_task(args.env_id, device)
     steps = args.offline_steps or common.default_offline_steps(task.env_id)
+    online = common.Collector(task, args.online_steps, args.buffer_size, args.seed, writer,
+                              balanced=args.balanced_sampling) if args.online_steps else None
+    total = steps + args.online_steps  # the step axis counts offline gradient steps, then online env steps
     print(f"{task.env_id}: {task.train.size} transitions, {steps} steps, run folder {run_dir}")
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
     opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr)
     ckpt_path = run_dir / f"{args.exp_name}.pt"
-    first = common.resume(args.resume, Path(__file__).stem, nets, opt, device) + 1 if args.resume else 1
+    first = common.resume(args.resume, Path(__file__).stem, nets, opt, device, online) + 1 if args.resume else 1
     bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, kept on the device
     result, t0 = {}, time.time()
-    for step in range(first, steps + 1):
-        metrics = update(nets, opt, task.train.sample(args.batch_size), args)
-        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
-        if step % args.log_interval == 0:
+    for step in range(first, total + 1):
+        if step > steps:  # online: one env step of the deployed policy, stored in the replay (task.train)
+            online.step(lambda o: act(nets, o), step)
+        updated = step <= steps or online.steps >= args.start_training
+        if updated:
+            batch = task.train.sample(args.batch_size) if step <= steps else online.sample(args.batch_size)
+            metrics = update(nets, opt, batch, args, train_flow=step <= steps or not args.fix_bc_flow_online)
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
+        if updated and step % args.log_interval == 0:
             common.check_finite(bad_step, ckpt_path)
             common.log_scalars(writer, "losses", metrics, step)
             writer.add_scalar("charts/SPS", (step - first + 1) / (time.time() - t0), step)
-        if step == 1 or step % args.eval_interval == 0 or step == steps:
+        if step == 1 or step % args.eval_interval == 0 or step == steps or step == total:
             common.check_finite(bad_step, ckpt_path)
             result = common.evaluate(lambda o: act(nets, o), task, args.eval_episodes, args.seed + step,
                                      png_path=str(run_dir / f"bandit_{step}.png"))
@@ -367,7 +395,7 @@ def main(args: Args) -> dict:
             common.append_csv(run_dir / "eval.csv", step, result)
             print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()))
             if args.save_model:
-                common.save_checkpoint(ckpt_path, Path(__file__).stem, step, args, nets, opt)
+                common.save_checkpoint(ckpt_path, Path(__file__).stem, step, args, nets, opt, online)
     writer.close()
     return result
 

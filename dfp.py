@@ -25,9 +25,10 @@ Deviations from the official code:
   4. Evaluation runs the episodes side by side in a vector env and also evaluates at the final step; 50 episodes by
      default (the shared protocol; the official flag default is 100, pass --eval-episodes 100).
   5. Validation losses on the OGBench val split are not logged (the official code logs them).
-  6. Only the paper's offline RL setting is implemented: no action chunking (h = 1), no online phase and no online
-     replay. --topk-start S (default 0, spec A8) gives the official switch inside one offline run: L_BC alone for
-     S steps (the code's offline phase), then pi_old reset to theta and L_BC + lambda L_topK from step S + 1.
+  6. Defaults are the paper's offline RL setting (h = 1, top-K from step 1). The offline-to-online main setting is
+     --horizon 5 --topk-start <offline steps> --online-steps N: L_BC alone offline, then at the switch pi_old <- theta
+     and L_BC + lambda L_topK online (spec A8). --topk-start S < offline steps puts the switch inside the offline run.
+     Online, the official separate-offline-buffer and offline_batch_ratio options (off by default) are not ported.
   7. The TD target's next action is one sample of f_theta (paper Eq. 1; --q-bon 1); the official YAML takes the best
      of q_bon = 16 samples by the online critic. Evaluation is one sample (App. B.2: best-of-N' disabled); the YAML
      uses eval_bon = 16. Both are flags.
@@ -41,6 +42,9 @@ Deviations from the official code:
      (official alpha_target), no bottom-Q explicit negatives (online_neg_samples 0), hard top-K (the "soft" mode is
      not ported), no Q-gradient term (q_alpha 0), plus_only and use_neg_only off, noise dim = action dim, no encoder.
  11. Logs diagnostics the official code does not: the dataset-action MSE and the Q of a generated sample.
+ 12. --online-steps runs the official main.py online loop through common.Collector (best-of-eval_bon acting, chunks
+     open-loop, uniform replay of 2M rows, updates from online step 5K); the training env's first reset is seeded
+     with seed + 3000 + step (official: seed + 3000), evaluation envs with seed + step (official: + 1000 / + 2000).
 Where paper and code differ this file follows the code: the Laplace kernel on batch-mean-normalised distances with
 doubly normalised, cross-weighted, unit-RMS affinities (the paper's Eq. 3 writes a Gaussian mean shift), the
 per-element mean in the loss (Eq. 4 sums over action dims), the unclipped drift target, the EMA from the first step.
@@ -140,7 +144,19 @@ class Args:
     q_bon: int = 1
     """next actions a' drawn for the TD target, the best by the online critic kept (paper Eq. 1: 1; official: 16)"""
     eval_bon: int = 1
-    """actions drawn per evaluation step, the best by the online critic executed (App. B.2: 1; official YAML: 16)"""
+    """actions drawn per evaluation step, the best by the online critic executed (App. B.2: 1; official YAML: 16);
+    the online phase acts with the same policy"""
+    horizon: int = 1
+    """action-chunk length h: actor and critic act on chunks of h actions, executed open-loop (App. B.2: 1; the
+    official offline-to-online runs: 5)"""
+    # --- offline-to-online
+    online_steps: int = 0
+    """env steps of online fine-tuning after the offline phase, one update per step (official: 1M after 1M offline);
+    pi_old is reset to the actor at the first online step, as the official switch_config_to_online"""
+    buffer_size: int = 2_000_000
+    """replay rows (dataset + online transitions); the oldest are overwritten beyond max(this, N + 1) (official: 2M)"""
+    start_training: int = 5_000
+    """online updates begin at this online env step; the steps before only collect (official: 5K)"""
 
 
 # ---------------------------------------------------------------------------------------------------- networks
@@ -224,8 +240,10 @@ class Generator(nn.Module):
 
 
 def make_nets(args: Args, obs_dim: int, action_dim: int) -> nn.ModuleDict:
-    critic = Critic(obs_dim, action_dim, args.value_hidden_dims, args.layer_norm)
-    actor = Generator(obs_dim, action_dim, action_dim, args.actor_hidden_dims, args.actor_layer_norm)  # noise dim = A
+    """`action_dim` is the env's; the actor and the critic act on whole chunks of horizon * action_dim."""
+    chunk_dim = action_dim * args.horizon
+    critic = Critic(obs_dim, chunk_dim, args.value_hidden_dims, args.layer_norm)
+    actor = Generator(obs_dim, chunk_dim, chunk_dim, args.actor_hidden_dims, args.actor_layer_norm)  # noise dim = h*A
     return nn.ModuleDict(dict(
         actor_drift=actor,
         actor_drift_ema=copy.deepcopy(actor).requires_grad_(False),  # pi_old, starts equal to the actor (official)
@@ -351,16 +369,20 @@ def best_of_n(actor: Generator, critic: Critic, obs: torch.Tensor, n: int, q_agg
 def losses(nets: nn.ModuleDict, batch: dict, args: Args, topk_on: bool = True) -> dict:
     """Every DFP loss term of one step (still attached to the graph) and its diagnostics, from one snapshot.
     topk_on=False weights L_topK by 0 (the --topk-start warm-up); it is still computed for its diagnostics."""
-    obs, actions = batch["observations"], batch["actions"]
+    obs, actions = batch["observations"], batch["actions"].flatten(1)  # chunks [B, h, A] -> [B, h*A]
     actor, critic = nets["actor_drift"], nets["critic"]
-    # critic: TD target from the best of q_bon samples of the current actor at s' (no gradient)
+    # critic: TD target from the best of q_bon samples of the current actor at s' (no gradient); a chunk's rewards
+    # are discounted inside it and it bootstraps with discount^h (Dataset.sample_chunks)
     with torch.no_grad():
         next_obs = batch["next_observations"]
         next_actions = best_of_n(actor, critic, next_obs, args.q_bon, args.q_agg)
         next_q = aggregate_q(nets["target_critic"](next_obs, next_actions), args.q_agg)
-        y = td_target(batch["rewards"], batch["masks"], next_q, args.discount)
+        y = td_target(batch["rewards"], batch["masks"], next_q, args.discount ** args.horizon)
     q = critic(obs, actions)  # [2, B]
-    critic_loss = ((q - y) ** 2).mean()
+    td_error = (q - y) ** 2
+    if args.horizon > 1:  # chunks that run past the episode end are weighted out of the critic loss (official valid)
+        td_error = td_error * batch["valid"]
+    critic_loss = td_error.mean()
     # actor: top-K positives among N candidates of the EMA actor, ranked by the online critic. Everything here runs
     # without gradient: the critic only ranks, so the actor loss never reaches the critic (no freezing needed).
     with torch.no_grad():
@@ -399,7 +421,8 @@ def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: A
 @torch.no_grad()
 def act(nets: nn.ModuleDict, obs: torch.Tensor, eval_bon: int = 1, q_agg: str = "mean") -> torch.Tensor:
     """Evaluation policy of the offline setting (App. B.2): ONE generator forward pass with fresh noise, clipped.
-    eval_bon > 1 executes the best of eval_bon samples by the online critic, as the official YAML. [B, D] -> [B, A]"""
+    eval_bon > 1 executes the best of eval_bon samples by the online critic, as the official YAML (and its online
+    acting). Returns whole chunks [B, h*A]; common.chunked_policy / common.Collector run them open-loop."""
     return best_of_n(nets["actor_drift"], nets["critic"], obs, eval_bon, q_agg)
 
 
@@ -410,31 +433,41 @@ def main(args: Args) -> dict:
     device = common.get_device(args.device)
     task = common.load_task(args.env_id, device)
     steps = args.offline_steps or common.default_offline_steps(task.env_id)
+    online = common.Collector(task, args.online_steps, args.buffer_size, args.seed, writer,
+                              horizon=args.horizon) if args.online_steps else None
+    total = steps + args.online_steps  # the step axis counts offline gradient steps, then online env steps
     print(f"{task.env_id}: {task.train.size} transitions, {steps} steps, run folder {run_dir}")
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
     opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr)
     ckpt_path = run_dir / f"{args.exp_name}.pt"
-    first = common.resume(args.resume, Path(__file__).stem, nets, opt, device) + 1 if args.resume else 1
+    first = common.resume(args.resume, Path(__file__).stem, nets, opt, device, online) + 1 if args.resume else 1
     bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, kept on the device
     result, t0 = {}, time.time()
-    for step in range(first, steps + 1):
-        if args.topk_start and step == args.topk_start + 1:  # warm-up over: pi_old restarts from the actor
+    for step in range(first, total + 1):
+        if (args.topk_start and step == args.topk_start + 1) or step == steps + 1:  # the switch: pi_old <- theta
             nets["actor_drift_ema"].load_state_dict(nets["actor_drift"].state_dict())
-        metrics = update(nets, opt, task.train.sample(args.batch_size), args, step > args.topk_start)
-        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
-        if step % args.log_interval == 0:
+        if step > steps:  # online: one env step of the deployed policy, its chunk executed open-loop (one call per h)
+            online.step(lambda o: act(nets, o, args.eval_bon, args.q_agg), step)
+        updated = step <= steps or online.steps >= args.start_training
+        if updated:
+            batch = task.train.sample_chunks(args.batch_size, args.horizon, args.discount) if args.horizon > 1 \
+                else task.train.sample(args.batch_size)
+            metrics = update(nets, opt, batch, args, step > args.topk_start)
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
+        if updated and step % args.log_interval == 0:
             common.check_finite(bad_step, ckpt_path)
             common.log_scalars(writer, "losses", metrics, step)
             writer.add_scalar("charts/SPS", (step - first + 1) / (time.time() - t0), step)
-        if step == 1 or step % args.eval_interval == 0 or step == steps:
+        if step == 1 or step % args.eval_interval == 0 or step == steps or step == total:
             common.check_finite(bad_step, ckpt_path)
-            result = common.evaluate(lambda o: act(nets, o, args.eval_bon, args.q_agg), task, args.eval_episodes,
+            result = common.evaluate(common.chunked_policy(lambda o: act(nets, o, args.eval_bon, args.q_agg),
+                                                           args.horizon), task, args.eval_episodes,
                                      args.seed + step, png_path=str(run_dir / f"bandit_{step}.png"))
             result = common.log_scalars(writer, "eval", result, step)
             common.append_csv(run_dir / "eval.csv", step, result)
             print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()))
             if args.save_model:
-                common.save_checkpoint(ckpt_path, Path(__file__).stem, step, args, nets, opt)
+                common.save_checkpoint(ckpt_path, Path(__file__).stem, step, args, nets, opt, online)
     writer.close()
     return result
 

@@ -31,6 +31,8 @@ Deviations from the official code:
   9. --offline-steps defaults to 500K on D4RL/Minari as the paper reports; the official flag default is 1M on every
      task and no command overrides it. Pass --eval-episodes 100 (D4RL antmaze) or 10 (Adroit) as the configs do.
  10. Logs FQL's diagnostic `mse` (Q-term sample vs dataset action) in addition to the official metrics.
+ 11. --online-steps is our extension: FQL's online loop, which the official main.py carries over, run through
+     common.Collector; the paper reports no online runs, so no setting of it is tuned.
 Where paper and code differ this file follows the code (docs/driftql.md): per-element mean in L_drift (Eq. 11
 sums over action dims), laplace as the default kernel (the paper's Sec. 5.5 says gaussian), min in the TD target by
 default, the step size eta, the finite self-mask (Alg. 1: +inf), N = 4 and noise dim 8 on cube-double (Table 5: N = 32).
@@ -130,6 +132,16 @@ class Args:
     same_state_positives: bool = False
     """every batch action taken at the row's state is a positive of it (Eq. 3); changes only data with repeated
     states, the bandit (official: off, one positive per state)"""
+    # --- offline-to-online
+    online_steps: int = 0
+    """env steps of online fine-tuning after the offline phase, one update per step (the official main.py keeps
+    FQL's --online_steps loop; the paper reports no online runs, so this is our extension with untuned settings)"""
+    buffer_size: int = 2_000_000
+    """replay rows (dataset + online transitions); the oldest are overwritten beyond max(this, N + 1) (official: 2M)"""
+    start_training: int = 0
+    """online updates begin at this online env step; the steps before only collect (official main.py: 0)"""
+    balanced_sampling: bool = False
+    """online batches half from the dataset, half from the online transitions (official --balanced_sampling: off)"""
 
 
 # ---------------------------------------------------------------------------------------------------- networks
@@ -369,21 +381,29 @@ def main(args: Args) -> dict:
     device = common.get_device(args.device)
     task = common.load_task(args.env_id, device)
     steps = args.offline_steps or common.default_offline_steps(task.env_id)
+    online = common.Collector(task, args.online_steps, args.buffer_size, args.seed, writer,
+                              balanced=args.balanced_sampling) if args.online_steps else None
+    total = steps + args.online_steps  # the step axis counts offline gradient steps, then online env steps
     print(f"{task.env_id}: {task.train.size} transitions, {steps} steps, run folder {run_dir}")
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
     opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr)
     ckpt_path = run_dir / f"{args.exp_name}.pt"
-    first = common.resume(args.resume, Path(__file__).stem, nets, opt, device) + 1 if args.resume else 1
+    first = common.resume(args.resume, Path(__file__).stem, nets, opt, device, online) + 1 if args.resume else 1
     bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, kept on the device
     result, t0 = {}, time.time()
-    for step in range(first, steps + 1):
-        metrics = update(nets, opt, task.train.sample(args.batch_size), args)
-        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
-        if step % args.log_interval == 0:
+    for step in range(first, total + 1):
+        if step > steps:  # online: one env step of the deployed policy, stored in the replay (task.train)
+            online.step(lambda o: act(nets, o), step)
+        updated = step <= steps or online.steps >= args.start_training
+        if updated:
+            batch = task.train.sample(args.batch_size) if step <= steps else online.sample(args.batch_size)
+            metrics = update(nets, opt, batch, args)
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
+        if updated and step % args.log_interval == 0:
             common.check_finite(bad_step, ckpt_path)
             common.log_scalars(writer, "losses", metrics, step)
             writer.add_scalar("charts/SPS", (step - first + 1) / (time.time() - t0), step)
-        if step == 1 or step % args.eval_interval == 0 or step == steps:
+        if step == 1 or step % args.eval_interval == 0 or step == steps or step == total:
             common.check_finite(bad_step, ckpt_path)
             result = common.evaluate(lambda o: act(nets, o), task, args.eval_episodes, args.seed + step,
                                      png_path=str(run_dir / f"bandit_{step}.png"))
@@ -391,7 +411,7 @@ def main(args: Args) -> dict:
             common.append_csv(run_dir / "eval.csv", step, result)
             print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()))
             if args.save_model:
-                common.save_checkpoint(ckpt_path, Path(__file__).stem, step, args, nets, opt)
+                common.save_checkpoint(ckpt_path, Path(__file__).stem, step, args, nets, opt, online)
     writer.close()
     return result
 

@@ -16,6 +16,8 @@ Deviations from the official code:
   3. D4RL tasks are read from their Minari re-releases (see common.py and the README, "Data protocol").
   4. Evaluation runs the episodes side by side in a vector env and also evaluates at the final step.
   5. Validation losses on the OGBench val split are not logged (the official code logs them every 5K steps).
+  6. --online-steps runs the official main.py online loop through common.Collector; the training env's first reset
+     is seeded from --seed (official: unseeded); collected episodes are logged as online/* (official: exploration/*).
 The full list, the commands for every task family and the logged metrics are in docs/fql.md.
 
     python fql.py --env-id bandit-4gaussian
@@ -105,7 +107,7 @@ class Args:
     buffer_size: int = 2_000_000
     """replay rows (dataset + online transitions); the oldest are overwritten beyond max(this, N + 1) (official: 2M)"""
     start_training: int = 0
-    """online env steps collected before the first online update (official FQL: 0, updates from the first step)"""
+    """online updates begin at this online env step; the steps before only collect (official FQL: 0, no warm-up)"""
     balanced_sampling: bool = False
     """online batches half from the dataset, half from the online transitions (official --balanced_sampling: off)"""
 

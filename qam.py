@@ -19,9 +19,9 @@ QAM-EDIT (--variant qam-edit) adds a tanh-Gaussian edit edit_scale * Delta on v_
 Deviations from the official code:
   1. PyTorch instead of JAX; Xavier-uniform init, tanh-GELU and LayerNorm eps 1e-6 reproduce the flax defaults.
   2. OGBench evaluation uses the installed ogbench 1.2.2 (the official requirements do not pin a version).
-  3. Offline training only: the official main.py continues with 500K online steps (offline-to-online) after the
-     offline phase; that phase is not implemented. cube-quadruple and puzzle-4x4 100M-transition datasets (the
-     official --ogbench_dataset_dir rotation) are not supported.
+  3. cube-quadruple and puzzle-4x4 100M-transition datasets (the official --ogbench_dataset_dir rotation) are not
+     supported. Online (--online-steps): the official --balanced_sampling mode (random actions during the warm-up,
+     half-and-half batches) is not ported; the default uniform replay is.
   4. Evaluation runs the episodes side by side in a vector env and also evaluates at step 1; the official code
      evaluates every 50K steps and at the end. The official loop samples a chunk at every env step and discards it
      while a chunk is queued; here the policy is called only when a new chunk is needed (same action distribution).
@@ -33,6 +33,9 @@ Deviations from the official code:
      the critic's action; the official False mode with n-step returns on the first action is absent), best_of_n=1,
      target_actor=True, use_target_grad=True, clip_adj=True. The never-used target of v_ft is not allocated.
   8. The flag is --horizon (official --horizon_length); the scene/puzzle sparse reward is --sparse, as official.
+  9. --online-steps runs the official online loop through common.Collector: chunks open-loop, every executed step
+     stored, the chunk queue dropped at an episode end, updates from online step --start-training on. The training
+     env's first reset is seeded from --seed (official: unseeded). Evaluation stays on the offline schedule.
 Where paper and code differ this file follows the code (specs/qam.md §8): v_ft is an independent network, not a
 residual (--residual gives the paper's form); the prior in the SDE, adjoint and loss is the EMA target of v_b; the
 terminal gradient uses the target critic at the clipped action; sigma is shifted by h_K; the last SDE step is a
@@ -137,6 +140,14 @@ class Args:
     """QAM-EDIT edit bound sigma_a on the tanh-squashed edit (official: 0 = off; tuned 0.1, 0.5 or 0.9, README)"""
     eval_bc_flow: bool = False
     """also evaluate the K-step BC flow on its own (the flow-BC baseline), logged as eval/bc_flow_*"""
+    # --- offline-to-online
+    online_steps: int = 0
+    """env steps of online fine-tuning after the offline phase, one update per step with the same losses (official
+    --online_steps: 500K after 1M offline; the paper fine-tunes QAM-EDIT)"""
+    buffer_size: int = 0
+    """replay rows; 0 = the dataset plus every online transition, nothing overwritten (official: |D| + online steps)"""
+    start_training: int = 5_000
+    """online updates begin at this online env step; the steps before only collect (official: 5K)"""
 
 
 # ---------------------------------------------------------------------------------------------------- networks
@@ -497,23 +508,6 @@ def act_bc_flow(nets: nn.ModuleDict, obs: torch.Tensor, flow_steps: int) -> torc
     return euler_integrate(nets["actor_bc_flow"], obs, z, flow_steps)
 
 
-def chunked_policy(policy, horizon: int):
-    """Open-loop chunk execution for `common.evaluate`, which calls the policy once per env step and wants [N, A]:
-    plan a chunk [N, h*A] every h steps and hand out its actions in order. The episodes of the vector env start
-    together and a finished env's later actions are ignored, so one step counter serves every env."""
-    state = {"step": 0, "chunk": None}
-
-    def step_policy(obs: torch.Tensor) -> torch.Tensor:
-        if state["step"] % horizon == 0:
-            chunk = policy(obs)
-            state["chunk"] = chunk.reshape(chunk.shape[0], horizon, -1)  # [N, h, A]
-        action = state["chunk"][:, state["step"] % horizon]
-        state["step"] += 1
-        return action
-
-    return step_policy
-
-
 def sparse_rewards(rewards: torch.Tensor) -> torch.Tensor:
     """The official --sparse rule for scene and puzzle: r <- -1 where r != 0, else 0."""
     return -(rewards != 0).float()
@@ -528,26 +522,34 @@ def main(args: Args) -> dict:
     if args.sparse:
         task.train.rewards.copy_(sparse_rewards(task.train.rewards))
     steps = args.offline_steps or common.default_offline_steps(task.env_id)
+    online = common.Collector(task, args.online_steps, args.buffer_size, args.seed, writer, horizon=args.horizon,
+                              reward_fn=sparse_rewards if args.sparse else None) if args.online_steps else None
+    total = steps + args.online_steps  # the step axis counts offline gradient steps, then online env steps
     print(f"{task.env_id}: {task.train.size} transitions, {steps} steps, run folder {run_dir}")
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
     opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr)
     ckpt_path = run_dir / f"{args.exp_name}.pt"
-    first = common.resume(args.resume, Path(__file__).stem, nets, opt, device) + 1 if args.resume else 1
+    first = common.resume(args.resume, Path(__file__).stem, nets, opt, device, online) + 1 if args.resume else 1
     bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, kept on the device
     result, t0 = {}, time.time()
-    for step in range(first, steps + 1):
-        metrics = update(nets, opt, task.train.sample_chunks(args.batch_size, args.horizon, args.discount), args)
-        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
-        if step % args.log_interval == 0:
+    for step in range(first, total + 1):
+        if step > steps:  # online: one env step of the deployed policy, its chunk executed open-loop (one call per h)
+            online.step(lambda o: act(nets, o, args), step)
+        updated = step <= steps or online.steps >= args.start_training
+        if updated:
+            metrics = update(nets, opt, task.train.sample_chunks(args.batch_size, args.horizon, args.discount), args)
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
+        if updated and step % args.log_interval == 0:
             common.check_finite(bad_step, ckpt_path)
             common.log_scalars(writer, "losses", metrics, step)
             writer.add_scalar("charts/SPS", (step - first + 1) / (time.time() - t0), step)
-        if step == 1 or step % args.eval_interval == 0 or step == steps:
+        if step == 1 or step % args.eval_interval == 0 or step == steps or step == total:
             common.check_finite(bad_step, ckpt_path)
-            result = common.evaluate(chunked_policy(lambda o: act(nets, o, args), args.horizon), task,
+            result = common.evaluate(common.chunked_policy(lambda o: act(nets, o, args), args.horizon), task,
                                      args.eval_episodes, args.seed + step, png_path=str(run_dir / f"bandit_{step}.png"))
             if args.eval_bc_flow:
-                bc = common.evaluate(chunked_policy(lambda o: act_bc_flow(nets, o, args.flow_steps), args.horizon),
+                bc = common.evaluate(common.chunked_policy(lambda o: act_bc_flow(nets, o, args.flow_steps),
+                                                           args.horizon),
                                      task, args.eval_episodes, args.seed + step,
                                      png_path=str(run_dir / f"bandit_bc_flow_{step}.png"))
                 result.update({f"bc_flow_{k}": v for k, v in bc.items()})
@@ -555,7 +557,7 @@ def main(args: Args) -> dict:
             common.append_csv(run_dir / "eval.csv", step, result)
             print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()))
             if args.save_model:
-                common.save_checkpoint(ckpt_path, Path(__file__).stem, step, args, nets, opt)
+                common.save_checkpoint(ckpt_path, Path(__file__).stem, step, args, nets, opt, online)
     writer.close()
     return result
 

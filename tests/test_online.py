@@ -64,11 +64,14 @@ def check_rows(task, start, ref, shift=0.0):
         assert task.train.terminals[i].item() == float(term or trunc)
 
 
-def test_ogbench_env_step_stores_one_transition_with_official_semantics(ogbench_dir):
+def test_ogbench_env_step_stores_one_transition_with_official_semantics(ogbench_dir, tmp_path):
     task = common.load_task(CUBE_ID, CPU)
     n = task.train.size
     offline = task.train.observations[:n].clone()
-    online = common.Collector(task, 250, 2_000_000, 0, None)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    online = common.Collector(task, 250, 2_000_000, 0, writer)
     assert len(task.train.observations) == n + 250  # no rows that no online step can fill
     policy = Recorder(task.train.actions.shape[1])
     ref = replay_with_reference(task, online, policy, 205, global_step=11)
@@ -79,6 +82,14 @@ def test_ogbench_env_step_stores_one_transition_with_official_semantics(ogbench_
     assert task.train.masks[n + 199].item() == 1.0 and policy.calls == 205  # h = 1: one call per env step
     # the next episode starts from a reset observation, not from the last one
     assert not torch.equal(task.train.observations[n + 200], task.train.next_observations[n + 199])
+    writer.close()  # the finished episode is logged under online/ at its last global step (11 + 199)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tmp_path))
+    ea.Reload()
+    assert [(e.step, e.value) for e in ea.Scalars("online/episodic_length")] == [(210, 200.0)]
+    assert [e.value for e in ea.Scalars("online/episodic_return")] == [pytest.approx(sum(t[2] for t in ref[:200]))]
+    assert [e.value for e in ea.Scalars("online/success")] == [0.0]
 
 
 def test_minari_env_step_terminal_and_antmaze_reward_shift(minari_dir):  # noqa: F811
@@ -173,7 +184,7 @@ def adam_steps(ckpt):
     return max(int(s["step"]) for s in ckpt["optimizer"]["state"].values())
 
 
-@pytest.mark.parametrize("name", ["fql"])
+@pytest.mark.parametrize("name", ["fql", "qam", "dfp"])
 def test_updates_start_after_the_warm_up(name, ogbench_dir, tmp_path, monkeypatch):
     mod, args = tiny_args(name, env_id=MAZE_ID, offline_steps=10, online_steps=30, start_training=12,
                           eval_interval=1000, runs_dir=str(tmp_path))
@@ -191,7 +202,7 @@ def test_updates_start_after_the_warm_up(name, ogbench_dir, tmp_path, monkeypatc
     assert ckpt["step"] == 40 and ckpt["online"]["steps"] == 30
 
 
-@pytest.mark.parametrize("name", ["fql"])
+@pytest.mark.parametrize("name", ["fql", "dfp"])
 def test_resume_mid_online_keeps_the_transitions_and_the_step(name, ogbench_dir, tmp_path):
     mod, args = tiny_args(name, env_id=MAZE_ID, offline_steps=10, online_steps=25, eval_interval=1000,
                           runs_dir=str(tmp_path / "a"))
@@ -213,19 +224,58 @@ def test_resume_mid_online_keeps_the_transitions_and_the_step(name, ogbench_dir,
     assert not torch.equal(rows["observations"][25], rows["next_observations"][24])
 
 
-@pytest.mark.parametrize("name", ["fql"])
+@pytest.mark.parametrize("name", SCRIPTS)
 def test_script_runs_offline_then_online(name, ogbench_dir, tmp_path):
-    mod, args = tiny_args(name, env_id=CUBE_ID, offline_steps=20, online_steps=300, start_training=50,
-                          eval_interval=160, log_interval=40, runs_dir=str(tmp_path))
+    mod, args = tiny_args(name, env_id=MAZE_ID, offline_steps=10, online_steps=200, start_training=50,
+                          eval_interval=1000, log_interval=40, runs_dir=str(tmp_path))
     result = mod.main(args)
     d = run_dir_of(tmp_path)
-    assert [r["step"] for r in csv.DictReader(open(f"{d}/eval.csv"))] == ["1", "20", "160", "320"]
+    assert [r["step"] for r in csv.DictReader(open(f"{d}/eval.csv"))] == ["1", "10", "210"]  # offline + online steps
     assert "success_rate" in result
     ckpt = common.load_checkpoint(f"{d}/{name}.pt", name, CPU)
-    assert ckpt["online"]["steps"] == 300 and ckpt["online"]["size"] == 600 + 300
-    assert ckpt["online"]["rows"]["terminals"].sum() >= 1  # cube-single episodes end after 200 steps
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    assert ckpt["step"] == 210 and ckpt["online"]["steps"] == 200 and ckpt["online"]["size"] == 800 + 200
+    assert adam_steps(ckpt) == 10 + 200 - 50 + 1
 
-    ea = EventAccumulator(d)
-    ea.Reload()
-    assert "online/episodic_return" in ea.Tags()["scalars"] and "online/success" in ea.Tags()["scalars"]
+
+def test_dfp_switch_resets_pi_old_and_turns_top_k_on(ogbench_dir, tmp_path, monkeypatch):
+    """The main O2O setting: L_BC alone offline (--topk-start = offline steps), then pi_old <- theta and L_topK."""
+    mod, args = tiny_args("dfp", env_id=MAZE_ID, offline_steps=8, topk_start=8, online_steps=6, start_training=1,
+                          eval_interval=1000, lr=1e-2, runs_dir=str(tmp_path))
+    seen, real = [], mod.update
+
+    def recording(nets, opt, batch, args_, topk_on):
+        same = all(torch.equal(a, b) for a, b in zip(nets["actor_drift"].parameters(),
+                                                      nets["actor_drift_ema"].parameters()))
+        out = real(nets, opt, batch, args_, topk_on)
+        seen.append((topk_on, same, out["topk_drift_loss"].item()))
+        return out
+
+    monkeypatch.setattr(mod, "update", recording)
+    mod.main(args)
+    assert [s[0] for s in seen] == [False] * 8 + [True] * 6
+    assert all(s[2] == 0.0 for s in seen[:8]) and all(s[2] > 0.0 for s in seen[8:])  # L_topK zero before it
+    assert not any(s[1] for s in seen[1:8]) and seen[8][1]  # pi_old had drifted from theta; equal right after
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_deflow_frozen_flow_gets_no_online_update(frozen, ogbench_dir, tmp_path, monkeypatch):
+    mod, args = tiny_args("deflow", env_id=MAZE_ID, offline_steps=6, online_steps=8, eval_interval=1000,
+                          fix_bc_flow_online=frozen, runs_dir=str(tmp_path))
+    at_switch, real = {}, mod.update
+
+    def recording(nets, opt, batch, args_, train_flow=True):
+        if recording.calls == 6:  # the first online update: the state the offline phase left
+            at_switch.update({k: v.clone() for k, v in nets.state_dict().items()})
+        recording.calls += 1
+        return real(nets, opt, batch, args_, train_flow)
+
+    recording.calls = 0
+    monkeypatch.setattr(mod, "update", recording)
+    mod.main(args)
+    end = common.load_checkpoint(f"{run_dir_of(tmp_path)}/deflow.pt", "deflow", CPU)["nets"]
+    flow = [k for k in end if k.startswith("actor_bc_flow.")]
+    assert flow and recording.calls == 14
+    assert all(torch.equal(end[k], at_switch[k]) for k in flow) == frozen  # the flow moves online only unfrozen
+    assert not all(torch.equal(end[k], at_switch[k]) for k in end if k.startswith("refine_onestep_flow."))
+    alpha = [k for k in end if k.startswith("log_alpha")]
+    assert alpha and not all(torch.equal(end[k], at_switch[k]) for k in alpha)  # alpha keeps adapting

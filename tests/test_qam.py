@@ -379,7 +379,7 @@ def test_chunked_policy_plans_every_h_steps_and_hands_out_the_chunk_in_order():
         calls.append(obs.clone())
         return torch.arange(2 * H * A, dtype=torch.float32).reshape(2, H * A) + 100 * len(calls)
 
-    step = qam.chunked_policy(policy, H)
+    step = common.chunked_policy(policy, H)
     out = [step(torch.full((2, S), float(t))) for t in range(7)]
     assert len(calls) == 3 and [c[0, 0].item() for c in calls] == [0.0, 3.0, 6.0]
     for t, a in enumerate(out):
