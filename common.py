@@ -481,11 +481,29 @@ class Collector:
 
 # ---------------------------------------------------------------------------------------------------- logging
 def start_run(args, script: str) -> tuple:
-    """Makes runs/<env>__<exp>__<seed>__<time>/ with args.json, a tensorboard writer (+ wandb on --track)."""
+    """Makes runs/<env>__<exp>__<seed>__<time>/ with args.json, a tensorboard writer (+ wandb on --track).
+
+    With --resume the run continues in the checkpoint's own folder, so that a run keeps one eval.csv and one
+    tensorboard history however often it is interrupted: rows and events past the checkpoint's step (written after
+    it, by the attempt that was interrupted) are dropped."""
     from torch.utils.tensorboard import SummaryWriter
 
     run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = Path(args.runs_dir) / run_name
+    run_dir, purge_step = Path(args.runs_dir) / run_name, None
+    if args.resume:
+        run_dir = Path(args.resume).parent
+        try:
+            purge_step = int(torch.load(args.resume, map_location="cpu", weights_only=True)["step"]) + 1
+        except Exception:  # noqa: BLE001 (an unreadable checkpoint gets its error from load_checkpoint)
+            purge_step = None
+        if purge_step is not None and (run_dir / "eval.csv").exists():
+            with open(run_dir / "eval.csv", newline="") as f:
+                rows = list(csv.DictReader(f))
+            if rows and int(rows[-1]["step"]) >= purge_step:
+                with open(run_dir / "eval.csv", "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                    w.writeheader()
+                    w.writerows(r for r in rows if int(r["step"]) < purge_step)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "args.json").write_text(json.dumps({"script": script, **asdict(args)}, indent=2))
     if args.track:
@@ -493,7 +511,7 @@ def start_run(args, script: str) -> tuple:
 
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=asdict(args), name=run_name,
                    sync_tensorboard=True, dir=str(run_dir))
-    writer = SummaryWriter(str(run_dir))
+    writer = SummaryWriter(str(run_dir), purge_step=purge_step)
     table = "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
     return run_dir, writer

@@ -85,7 +85,7 @@ class Args:
     """parent folder of the run folders"""
     resume: Optional[str] = None
     """a checkpoint of this script to continue from (networks, targets, optimizer, step and torch's random streams)
-    with the same flags"""
+    with the same flags; the run continues in the checkpoint's folder (its eval.csv and tensorboard log)"""
     # --- data and evaluation
     env_id: str = "cube-single-play-singletask-task2-v0"
     """OGBench single-task id, Minari dataset id, D4RL alias (antmaze-large-play-v2) or bandit-4gaussian"""

@@ -1,6 +1,7 @@
 """--resume: every script continues a run from its checkpoint (networks, targets, optimizer, step)."""
 import csv
 import importlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,10 +35,12 @@ def test_resume_continues_from_the_checkpoint_step_with_its_state(name, tmp_path
     for k, v in nets.state_dict().items():
         assert torch.equal(v, saved["nets"][k]), k
     assert all(int(s["step"]) == 4 for s in opt.state_dict()["state"].values())
-    # main picks up at step 5: no step-1 evaluation, the final one at 6, and the new checkpoint says 6
+    # main picks up at step 5 in the checkpoint's own folder (not in --runs-dir): no step-1 evaluation, the final one
+    # at 6 appended to the run's eval.csv, and the checkpoint now says 6
     mod.main(tiny_args(mod, offline_steps=6, runs_dir=str(tmp_path / "b"), resume=ckpt))
-    d = run_dir_of(tmp_path / "b")
-    assert [r["step"] for r in csv.DictReader(open(f"{d}/eval.csv"))] == ["6"]
+    assert not (tmp_path / "b").exists()
+    d = run_dir_of(tmp_path / "a")
+    assert [r["step"] for r in csv.DictReader(open(f"{d}/eval.csv"))] == ["1", "2", "4", "6"]
     assert common.load_checkpoint(f"{d}/{name}.pt", name, torch.device("cpu"))["step"] == 6
 
 
@@ -58,8 +61,23 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(name, tmp_path):
     mod.main(tiny_args(mod, offline_steps=6, runs_dir=str(tmp_path / "whole")))
     mod.main(tiny_args(mod, offline_steps=4, runs_dir=str(tmp_path / "a")))
     ckpt = f"{run_dir_of(tmp_path / 'a')}/{name}.pt"
-    mod.main(tiny_args(mod, offline_steps=6, runs_dir=str(tmp_path / "b"), resume=ckpt))
+    mod.main(tiny_args(mod, offline_steps=6, runs_dir=str(tmp_path / "a"), resume=ckpt))
     whole, resumed = (common.load_checkpoint(f"{run_dir_of(tmp_path / d)}/{name}.pt", name, torch.device("cpu"))["nets"]
-                      for d in ("whole", "b"))
+                      for d in ("whole", "a"))
     for k, v in whole.items():
         assert torch.equal(v, resumed[k]), k
+    # one history: the resumed run's eval.csv is the uninterrupted run's, row for row
+    whole_csv, resumed_csv = (open(f"{run_dir_of(tmp_path / d)}/eval.csv").read() for d in ("whole", "a"))
+    assert resumed_csv == whole_csv
+
+
+def test_resume_drops_what_the_interrupted_attempt_wrote_after_its_checkpoint(tmp_path):
+    """An attempt killed between an evaluation row and its checkpoint leaves a row the resumed run will write again."""
+    fql = importlib.import_module("fql")
+    fql.main(tiny_args(fql, offline_steps=4, runs_dir=str(tmp_path)))
+    d = run_dir_of(tmp_path)
+    last = list(csv.DictReader(open(f"{d}/eval.csv")))[-1]  # a row written after the step-4 checkpoint
+    common.append_csv(Path(d) / "eval.csv", 6, {**{k: v for k, v in last.items() if k != "step"}, "episodic_return": 1})
+    fql.main(tiny_args(fql, offline_steps=6, runs_dir=str(tmp_path), resume=f"{d}/fql.pt"))
+    rows = list(csv.DictReader(open(f"{d}/eval.csv")))
+    assert [r["step"] for r in rows] == ["1", "2", "4", "6"] and float(rows[-1]["episodic_return"]) != 1
