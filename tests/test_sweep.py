@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import submitit
 import torch
+import tyro
 from submitit.slurm.test_slurm import mocked_slurm  # submitit's own stand-in for sbatch/sacct
 
 import sweep
@@ -62,12 +63,24 @@ def test_grid_expands_and_names_stable_folders(tmp_path):
     (["fql.py", "--env-ids", "bandit-4gaussian", "--flags", "seed=1"], "sweep.py sets --seed itself"),
     (["fql.py", "--env-ids", "bandit-4gaussian", "--flags", "save-model=False"], "save-model=False"),
     (["fql.py", "--env-ids", "bandit-4gaussian", "--seeds", "3-1"], "--seeds '3-1'"),
+    (["fql.py", "--env-ids", "task{1}"], "braces take a list"),
+    (["fql.py", "--env-ids", "bandit-4gaussian", "--parallel", "0"], "--parallel 0"),
+    (["--env-ids", "bandit-4gaussian"], "name the script"),
     (["fql.py"], "--env-ids is empty"),
 ])
-def test_bad_grids_get_one_error_line(argv, message):
-    out = subprocess.run([sys.executable, "sweep.py", *argv], cwd=sweep.ROOT, capture_output=True, text=True)
-    assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.startswith("error: ") and message in out.stderr and out.stderr.count("\n") == 1
+def test_bad_grids_get_one_error_line(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        sweep.main(tyro.cli(sweep.Args, args=[*argv, "--sweep-dir", str(tmp_path)]))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_line_says_one_line_too():
+    out = subprocess.run([sys.executable, "sweep.py", "qam.py", "--env-ids", "bandit-4gaussian", "--flags", "horizon=x"],
+                         cwd=sweep.ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1
+    assert out.stderr.startswith("error: qam.py rejects --env-id bandit-4gaussian --seed 0 --horizon x")
 
 
 def test_two_tasks_two_seeds_end_to_end_then_a_relaunch_skips_them(tmp_path, ogbench_dir, capsys):
@@ -119,12 +132,12 @@ def test_a_killed_run_resumes_on_relaunch_and_ends_like_an_uninterrupted_one(tmp
     result = {}
     launcher = threading.Thread(target=lambda: result.update(sweep.main(args)))
     launcher.start()
-    wait_for(lambda: ckpt_step(folder) >= 200)
+    wait_for(lambda: ckpt_step(folder) >= 100)
     os.kill(json.load(open(folder / "running.json"))["pid"], signal.SIGKILL)
     launcher.join()
     assert result == {"launched": 1, "done": 0, "failed": 1}
     killed_at = ckpt_step(folder)
-    assert 200 <= killed_at < 600
+    assert 100 <= killed_at < 600
     capsys.readouterr()
     assert sweep.main(dataclasses.replace(args, status=True))["failed"] == 1
     assert "killed by SIGKILL" in capsys.readouterr().out
@@ -142,7 +155,7 @@ def test_submitits_checkpoint_signal_requeues_the_run_which_resumes(tmp_path, un
     result = {}
     launcher = threading.Thread(target=lambda: result.update(sweep.main(args)))
     launcher.start()
-    wait_for(lambda: ckpt_step(folder) >= 200)
+    wait_for(lambda: ckpt_step(folder) >= 100)
     os.kill(json.load(open(folder / "running.json"))["job_pid"], signal.SIGUSR2)
     launcher.join()
     assert result == {"launched": 1, "done": 1, "failed": 0}
