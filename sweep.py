@@ -301,7 +301,7 @@ def state_of(folder: Path) -> tuple:
     if job is None:
         return "not launched", ""
     if job["cluster"] == "slurm":
-        slurm_state = submitit.SlurmJob(folder=job["folder"], job_id=job["job_id"]).state.split()[0]
+        slurm_state = submitit.SlurmJob.watcher.get_state(job["job_id"], mode="cache").split()[0]
         if slurm_state in RUNNING_SLURM or (slurm_state == "UNKNOWN" and running):
             return "running", ""
         if slurm_state in QUEUED_SLURM or slurm_state == "UNKNOWN":
@@ -317,8 +317,18 @@ def state_of(folder: Path) -> tuple:
     return "failed", "stopped before finishing (killed or interrupted); relaunching resumes it"
 
 
+def states_of(folders: list) -> dict:
+    """{folder: (state, detail)}, with one sacct call for all the Slurm jobs among them (through submitit's watcher)."""
+    slurm = [j["job_id"] for j in map(read_json, (f / "job.json" for f in folders)) if j and j["cluster"] == "slurm"]
+    for job_id in slurm:
+        submitit.SlurmJob.watcher.register_job(job_id)
+    if slurm:
+        submitit.SlurmJob.watcher.update()
+    return {f: state_of(f) for f in folders}
+
+
 def report(folders: list, sweep_dir: Path) -> dict:
-    states = {f: state_of(f) for f in folders}
+    states = states_of(folders)
     counts = {s: sum(v[0] == s for v in states.values()) for s in ("queued", "running", "done", "failed")}
     left = sum(v[0] == "not launched" for v in states.values())
     print(f"{len(folders)} runs in {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
@@ -358,7 +368,7 @@ def main(args: Args) -> dict:
         return report([Path(r.folder) for r in grid(args, sweep_dir)], sweep_dir)
     runs = grid(args, sweep_dir)
     cloudpickle.register_pickle_by_value(sys.modules[Run.__module__])  # jobs need not import sweep.py from a path
-    states = {r.folder: state_of(Path(r.folder))[0] for r in runs}
+    states = {str(f): s for f, (s, _) in states_of([Path(r.folder) for r in runs]).items()}
     todo = [r for r in runs if states[r.folder] in ("not launched", "failed")]
     busy = sum(s in ("queued", "running") for s in states.values())
     resumes = sum(r.last_checkpoint() is not None for r in todo)
