@@ -485,7 +485,7 @@ def start_run(args, script: str) -> tuple:
 
     With --resume the run continues in the checkpoint's own folder, so that a run keeps one eval.csv and one
     tensorboard history however often it is interrupted: rows and events past the checkpoint's step (written after
-    it, by the attempt that was interrupted) are dropped."""
+    it, by the attempt that was interrupted) are dropped, and args.json keeps the flags the run started with."""
     from torch.utils.tensorboard import SummaryWriter
 
     run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -495,7 +495,7 @@ def start_run(args, script: str) -> tuple:
         try:
             purge_step = int(torch.load(args.resume, map_location="cpu", weights_only=True)["step"]) + 1
         except Exception:  # noqa: BLE001 (an unreadable checkpoint gets its error from load_checkpoint)
-            purge_step = None
+            pass
         if purge_step is not None and (run_dir / "eval.csv").exists():
             with open(run_dir / "eval.csv", newline="") as f:
                 rows = list(csv.DictReader(f))
@@ -505,7 +505,8 @@ def start_run(args, script: str) -> tuple:
                     w.writeheader()
                     w.writerows(r for r in rows if int(r["step"]) < purge_step)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "args.json").write_text(json.dumps({"script": script, **asdict(args)}, indent=2))
+    if not (args.resume and (run_dir / "args.json").exists()):  # a resume keeps the flags the run started with
+        (run_dir / "args.json").write_text(json.dumps({"script": script, **asdict(args)}, indent=2))
     if args.track:
         import wandb
 

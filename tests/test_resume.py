@@ -48,10 +48,13 @@ def test_resume_refuses_other_flags_and_other_scripts(tmp_path):
     fql, driftql = importlib.import_module("fql"), importlib.import_module("driftql")
     fql.main(tiny_args(fql, offline_steps=2, runs_dir=str(tmp_path / "a")))
     ckpt = f"{run_dir_of(tmp_path / 'a')}/fql.pt"
+    before = {f: open(f"{run_dir_of(tmp_path / 'a')}/{f}", "rb").read() for f in ("fql.pt", "args.json", "eval.csv")}
     with pytest.raises(ValueError, match="does not fit these networks.*flags it was trained with"):
         fql.main(tiny_args(fql, offline_steps=4, actor_hidden_dims=(16,), runs_dir=str(tmp_path / "b"), resume=ckpt))
     with pytest.raises(ValueError, match="written by fql.py, not driftql.py"):
         driftql.main(tiny_args(driftql, offline_steps=4, runs_dir=str(tmp_path / "c"), resume=ckpt))
+    # a refused resume leaves the run it was pointed at as it was
+    assert {f: open(f"{run_dir_of(tmp_path / 'a')}/{f}", "rb").read() for f in before} == before
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
