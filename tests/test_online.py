@@ -213,8 +213,8 @@ def test_resume_mid_online_keeps_the_transitions_and_the_step(name, ogbench_dir,
     n = first["online"]["lo"]
     assert first["online"]["size"] == n + 25 and len(first["online"]["rows"]["observations"]) == 25
     mod.main(mod.Args(**{**vars(args), "online_steps": 40, "runs_dir": str(tmp_path / "b"), "resume": ckpt}))
-    d = run_dir_of(tmp_path / "b")
-    assert [r["step"] for r in csv.DictReader(open(f"{d}/eval.csv"))] == ["50"]  # picks up at 36, ends at 50
+    d = run_dir_of(tmp_path / "a")  # the run continues in its own folder
+    assert [r["step"] for r in csv.DictReader(open(f"{d}/eval.csv"))] == ["1", "10", "35", "50"]  # 36 to 50 added
     last = common.load_checkpoint(f"{d}/{name}.pt", name, CPU)
     assert last["step"] == 50 and last["online"]["steps"] == 40 and last["online"]["size"] == n + 40
     for k, v in first["online"]["rows"].items():  # the 25 stored transitions came back, 15 new ones follow
