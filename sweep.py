@@ -9,8 +9,8 @@ script receives as --runs-dir (it makes its run folder inside). The folder also 
 
 Each run is one submitit job that starts the script as a child process. The script saves `<exp_name>.pt` at every
 evaluation, and a job that starts where a checkpoint exists passes `--resume`, which restores the networks, the
-optimizer and torch's random streams: an interrupted run ends with the numbers of an uninterrupted one, and continues
-its own run folder. On Slurm the job is checkpointable: at the time limit (and on preemption with a signal) submitit
+optimizer and torch's random streams (and the online transitions): an interrupted run continues its own run folder,
+and offline it ends with the numbers of an uninterrupted one (online it goes on with a fresh episode). On Slurm the job is checkpointable: at the time limit (and on preemption with a signal) submitit
 calls `Run.checkpoint`, which stops the script and requeues the same run, which resumes. Relaunching the same sweep
 skips the runs that are done, queued or running, and starts (or resumes) all the others.
 
