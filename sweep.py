@@ -183,7 +183,8 @@ def grid(args: Args, sweep_dir: Path) -> list:
 
 # ---------------------------------------------------------------------------------------------------- one run (the job)
 class Run(submitit.helpers.Checkpointable):
-    """One run of the grid as a submitit job: starts (or resumes) the script in its stable folder, records the outcome."""
+    """One run of the grid as a submitit job: starts (or resumes) the script in its stable folder, records how it
+    ended."""
 
     def __init__(self, script: str, argv: list, folder: str, exp_name: str, visible_gpus: Optional[str] = None):
         self.script, self.argv, self.folder, self.exp_name = script, argv, folder, exp_name

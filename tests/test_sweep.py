@@ -49,11 +49,14 @@ def test_grid_expands_and_names_stable_folders(tmp_path):
     assert len(runs) == 5 * 8 * 2
     assert {r.argv[1] for r in runs} == {f"cube-single-play-singletask-task{i}-v0" for i in range(1, 6)}
     # the folder depends on script, env, seed and the flags as parsed: spelling, order and stated defaults don't matter
-    one = lambda *flags: Path(sweep.grid(dataclasses.replace(args, seeds=("3",), flags=flags), tmp_path)[0].folder)  # noqa
+    def one(*flags):
+        return Path(sweep.grid(dataclasses.replace(args, seeds=("3",), flags=flags), tmp_path)[0].folder)
+
     a = one("alpha=300", "q-agg=min")
     assert a == one("q_agg=min", "--alpha=300.0", "discount=0.99")
     assert a.parent == tmp_path and a.name.startswith("cube-single-play-singletask-task1-v0__fql__3__")
-    assert len({a, one("alpha=300"), one("alpha=30", "q-agg=min"), one("alpha=300", "q-agg=min", "layer-norm=False")}) == 4
+    others = one("alpha=300"), one("alpha=30", "q-agg=min"), one("alpha=300", "q-agg=min", "layer-norm=False")
+    assert len({a, *others}) == 4
     assert sweep.expand("x{a,b}{1..2}") == ["xa1", "xa2", "xb1", "xb2"]
 
 
@@ -77,8 +80,8 @@ def test_bad_grids_get_one_error_line(argv, message, tmp_path, capsys):
 
 
 def test_the_command_line_says_one_line_too():
-    out = subprocess.run([sys.executable, "sweep.py", "qam.py", "--env-ids", "bandit-4gaussian", "--flags", "horizon=x"],
-                         cwd=sweep.ROOT, capture_output=True, text=True)
+    argv = ["qam.py", "--env-ids", "bandit-4gaussian", "--flags", "horizon=x"]
+    out = subprocess.run([sys.executable, "sweep.py", *argv], cwd=sweep.ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1
     assert out.stderr.startswith("error: qam.py rejects --env-id bandit-4gaussian --seed 0 --horizon x")
 
