@@ -33,7 +33,7 @@ ADROIT_HORIZON = {"pen": 100, "door": 200, "hammer": 200, "relocate": 200}  # D4
 ADROIT_REF = {"pen": (96.262799, 3076.8331017826877), "door": (-56.512833, 2880.5693087298737),  # d4rl/infos.py
               "hammer": (-274.856578, 12794.134825156867), "relocate": (-6.425911, 4233.877797728884)}
 FAMILIES = ("OGBench '<env>-<dataset>-singletask[-taskN]-v0', Minari 'D4RL/...' or 'mujoco/...', "
-            f"a D4RL alias ({', '.join(list(D4RL_ALIASES)[:3])}, ...), or 'bandit-4gaussian'")
+            f"a D4RL alias ({', '.join(list(D4RL_ALIASES)[:3])}, ...), or 'bandit-4gaussian[-rot1|2|3]'")
 
 
 # ---------------------------------------------------------------------------------------------------- device, seed
@@ -60,7 +60,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def default_offline_steps(env_id: str) -> int:
     """The papers' budgets: 1M gradient steps on OGBench, 500K on D4RL/Minari (FQL README), 5K on the toy bandit."""
-    if env_id == "bandit-4gaussian":
+    if BANDIT_ID.match(env_id):
         return 5_000
     return 1_000_000 if "singletask" in env_id else 500_000
 
@@ -162,8 +162,8 @@ def load_task(env_id: str, device: torch.device, extra_capacity: int = 0) -> Tas
 
 
 def _load_task(env_id: str, device: torch.device) -> Task:
-    if env_id == "bandit-4gaussian":
-        return _bandit_task(device)
+    if BANDIT_ID.match(env_id):
+        return _bandit_task(env_id, device)
     if env_id in D4RL_ALIASES:
         print(f"D4RL alias: {env_id} -> Minari dataset {D4RL_ALIASES[env_id]}")
         env_id = D4RL_ALIASES[env_id]
@@ -265,27 +265,46 @@ def _minari_task(dataset_id: str, device: torch.device) -> Task:
     return Task(dataset_id, Dataset.from_numpy(data, device), None, make_env, score, steps, -1.0 if antmaze else 0.0)
 
 
-# The four-Gaussian bandit of DriftQL Fig. 1 (reconstruction in specs/driftql.md §9): modes in a cross,
-# right and bottom tied for the best reward.
+# The four-Gaussian bandit of DriftQL Fig. 1 (reconstruction in specs/driftql.md §9): modes in a cross, two adjacent
+# ones tied for the best reward. 'bandit-4gaussian' ties right and bottom; '-rotK' turns the peaks (not the centres)
+# K quarter turns clockwise: rot1 ties bottom and left, rot2 left and top, rot3 top and right.
 BANDIT_CENTRES = np.array([[0.8, 0.0], [0.0, -0.8], [0.0, 0.8], [-0.8, 0.0]], dtype=np.float32)  # R, B, T, L
-BANDIT_PEAKS = np.array([5.0, 5.0, 1.5, 0.0], dtype=np.float32)
+BANDIT_PEAKS = np.array([5.0, 5.0, 1.5, 0.0], dtype=np.float32)  # of 'bandit-4gaussian'
 BANDIT_NAMES = ("right", "bottom", "top", "left")
+BANDIT_CLOCKWISE = (0, 1, 3, 2)  # right -> bottom -> left -> top, as indices of the centres
+BANDIT_ID = re.compile(r"^bandit-4gaussian(-rot[123])?$")
 
 
-def bandit_reward(a: np.ndarray) -> np.ndarray:
+def bandit_peaks(env_id: str) -> np.ndarray:
+    """Peak reward of each mode (centre order R, B, T, L) for 'bandit-4gaussian' or 'bandit-4gaussian-rotK'."""
+    k = int(env_id[-1]) if env_id.endswith(("rot1", "rot2", "rot3")) else 0
+    peaks = np.empty_like(BANDIT_PEAKS)
+    for i, c in enumerate(BANDIT_CLOCKWISE):
+        peaks[BANDIT_CLOCKWISE[(i + k) % 4]] = BANDIT_PEAKS[c]
+    return peaks
+
+
+def bandit_tied_modes(env_id: str) -> tuple:
+    """Names of the two modes tied for the best reward, e.g. ('right', 'bottom')."""
+    peaks = bandit_peaks(env_id)
+    return tuple(n for n, p in zip(BANDIT_NAMES, peaks) if p == peaks.max())
+
+
+def bandit_reward(a: np.ndarray, peaks: np.ndarray = BANDIT_PEAKS) -> np.ndarray:
     """r(a) = max_m (peak_m - 80 |a - c_m|^2) for actions [..., 2]."""
     d2 = ((a[..., None, :] - BANDIT_CENTRES) ** 2).sum(-1)
-    return (BANDIT_PEAKS - 80.0 * d2).max(-1)
+    return (peaks - 80.0 * d2).max(-1)
 
 
-def _bandit_task(device: torch.device, n: int = 10_000) -> Task:
+def _bandit_task(env_id: str, device: torch.device, n: int = 10_000) -> Task:
     rng = np.random.default_rng(0)
     a = BANDIT_CENTRES[np.arange(n) % 4] + 0.05 * rng.standard_normal((n, 2)).astype(np.float32)
     a = np.clip(a, -1, 1)
     obs = np.zeros((n, 2), dtype=np.float32)
-    data = dict(observations=obs, actions=np.clip(a, -ACTION_CLIP, ACTION_CLIP), rewards=bandit_reward(a),
-                next_observations=obs, masks=np.zeros(n), terminals=np.ones(n))
-    return Task("bandit-4gaussian", Dataset.from_numpy(data, device), None, None, None, 1)
+    data = dict(observations=obs, actions=np.clip(a, -ACTION_CLIP, ACTION_CLIP),
+                rewards=bandit_reward(a, bandit_peaks(env_id)), next_observations=obs, masks=np.zeros(n),
+                terminals=np.ones(n))
+    return Task(env_id, Dataset.from_numpy(data, device), None, None, None, 1)
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
@@ -298,7 +317,7 @@ def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], task: Task, num_epi
     """
     device = task.train.observations.device
     if task.make_env is None:
-        return evaluate_bandit(policy, device, png_path)
+        return evaluate_bandit(policy, device, png_path, peaks=bandit_peaks(task.env_id))
     envs = gym.vector.SyncVectorEnv([task.make_env] * num_episodes)
     obs, _ = envs.reset(seed=seed)
     ret, length, success = np.zeros(num_episodes), np.zeros(num_episodes), np.zeros(num_episodes)
@@ -323,25 +342,25 @@ def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], task: Task, num_epi
 
 @torch.no_grad()
 def evaluate_bandit(policy: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                    png_path: Optional[str] = None, n: int = 1000) -> dict:
+                    png_path: Optional[str] = None, n: int = 1000, peaks: np.ndarray = BANDIT_PEAKS) -> dict:
     """Fraction of n samples within 0.2 of each mode centre and between modes; optional PNG like DriftQL Fig. 1."""
     a = policy(torch.zeros(n, 2, device=device)).clamp(-1, 1).cpu().numpy()
     near = np.linalg.norm(a[:, None] - BANDIT_CENTRES, axis=-1) < 0.2  # [n, 4]
     out = {f"frac_{m}": near[:, i].mean() for i, m in enumerate(BANDIT_NAMES)}
     out["frac_between"] = 1.0 - near.any(1).mean()
-    out["episodic_return"] = bandit_reward(a).mean()
+    out["episodic_return"] = bandit_reward(a, peaks).mean()
     if png_path:
-        save_bandit_png(a, png_path)
+        save_bandit_png(a, png_path, peaks)
     return out
 
 
-def save_bandit_png(actions: np.ndarray, path: str, size: int = 440) -> None:
+def save_bandit_png(actions: np.ndarray, path: str, peaks: np.ndarray = BANDIT_PEAKS, size: int = 440) -> None:
     """Samples (black) over the reward landscape (dark blue = -4 or less, yellow = 5), axes [-1.1, 1.1]."""
     from PIL import Image
 
     lin = np.linspace(-1.1, 1.1, size, dtype=np.float32)
     grid = np.stack(np.meshgrid(lin, -lin), -1)  # image rows go top to bottom
-    r = np.clip((bandit_reward(grid) + 4) / 9, 0, 1)[..., None]
+    r = np.clip((bandit_reward(grid, peaks) + 4) / 9, 0, 1)[..., None]
     img = ((1 - r) * np.array([30, 40, 110]) + r * np.array([250, 225, 60])).astype(np.uint8)
     px = np.clip(((actions + 1.1) / 2.2 * (size - 1)).round().astype(int), 1, size - 2)
     for dx in (-1, 0, 1):

@@ -226,6 +226,31 @@ def test_bandit_eval_and_png(tmp_path):
     assert mid["frac_between"] == 1.0
 
 
+def test_bandit_rotations_turn_the_peaks_and_keep_the_centres(tmp_path):
+    """'-rotK' is the base bandit turned K quarter turns clockwise: r_K(R^K a) = r_0(a) for every action a, with
+    R(x, y) = (y, -x); the centres stay, so the tied pair walks right/bottom -> bottom/left -> left/top -> top/right."""
+    a = np.random.default_rng(0).uniform(-1, 1, (500, 2)).astype(np.float32)
+    base = common.bandit_reward(a, common.bandit_peaks("bandit-4gaussian"))
+    rotated = a
+    for k, tied in enumerate([("right", "bottom"), ("bottom", "left"), ("top", "left"), ("right", "top")]):
+        env_id = "bandit-4gaussian" + (f"-rot{k}" if k else "")
+        np.testing.assert_allclose(common.bandit_reward(rotated, common.bandit_peaks(env_id)), base, rtol=0, atol=1e-5)
+        assert common.bandit_tied_modes(env_id) == tied
+        task = common.load_task(env_id, CPU)
+        assert task.env_id == env_id and common.default_offline_steps(env_id) == 5_000
+        np.testing.assert_allclose(task.train.rewards.numpy(),
+                                   common.bandit_reward(task.train.actions.numpy(), common.bandit_peaks(env_id)))
+        # the evaluation scores the rotated landscape: a policy on a tied mode gets the top reward 5
+        centre = torch.as_tensor(common.BANDIT_CENTRES[common.BANDIT_NAMES.index(tied[1])])
+        out = common.evaluate(lambda o: centre.expand(len(o), 2), task, 1, 0, png_path=str(tmp_path / f"{k}.png"))
+        assert out[f"frac_{tied[1]}"] == 1.0 and out["episodic_return"] == pytest.approx(5.0)
+        rotated = np.stack([rotated[:, 1], -rotated[:, 0]], -1)
+    assert not np.allclose(common.load_task("bandit-4gaussian-rot1", CPU).train.rewards.numpy(),
+                           common.load_task("bandit-4gaussian", CPU).train.rewards.numpy())
+    with pytest.raises(ValueError, match="bandit-4gaussian\\[-rot1\\|2\\|3\\]"):
+        common.load_task("bandit-4gaussian-rot4", CPU)
+
+
 def test_device_auto_is_loud_and_cuda_raises(capsys):
     if torch.cuda.is_available():
         pytest.skip("machine has a GPU")

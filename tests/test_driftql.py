@@ -381,6 +381,19 @@ def test_bandit_with_one_positive_per_state_takes_one_tied_mode_only(tmp_path):
     assert out["frac_top"] + out["frac_left"] + out["frac_between"] <= 0.1
 
 
+@pytest.mark.parametrize("env_id", ["bandit-4gaussian", "bandit-4gaussian-rot1", "bandit-4gaussian-rot2",
+                                    "bandit-4gaussian-rot3"])
+def test_bandit_samples_go_to_the_tied_pair_whichever_it_is(env_id, tmp_path):
+    """The tie is a parameter of the bandit: after 1K steps (a fifth of the budget) the samples have reached both
+    tied modes of every rotation and no other mode. At 5K steps (README, DriftQL) see the measured rates."""
+    out = driftql.main(driftql.Args(**dict(BANDIT, env_id=env_id, offline_steps=1000, eval_interval=1000,
+                                           save_model=False), runs_dir=str(tmp_path)))
+    tied = common.bandit_tied_modes(env_id)
+    untied = [m for m in common.BANDIT_NAMES if m not in tied]
+    assert min(out[f"frac_{m}"] for m in tied) >= 0.03
+    assert max(out[f"frac_{m}"] for m in untied) == 0.0
+
+
 # ---------------------------------------------------------------------------------------------------- end to end
 def test_end_to_end_on_regenerated_pointmaze(ogbench_dir, tmp_path, monkeypatch):
     obs = torch.randn(7, 2)
