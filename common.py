@@ -372,7 +372,8 @@ def save_bandit_png(actions: np.ndarray, path: str, peaks: np.ndarray = BANDIT_P
 def chunked_policy(policy, horizon: int):
     """Open-loop chunk execution for `evaluate`, which calls the policy once per env step and wants [N, A]:
     plan a chunk [N, h*A] every h steps and hand out its actions in order. The episodes of the vector env start
-    together and a finished env's later actions are ignored, so one step counter serves every env."""
+    together and a finished env's later actions are ignored, so one step counter serves every env. `reset()` makes
+    the next call plan a new chunk (for a new batch of episodes)."""
     state = {"step": 0, "chunk": None}
 
     def step_policy(obs: torch.Tensor) -> torch.Tensor:
@@ -383,6 +384,7 @@ def chunked_policy(policy, horizon: int):
         state["step"] += 1
         return action
 
+    step_policy.reset = lambda: state.update(step=0)
     return step_policy
 
 
@@ -556,11 +558,13 @@ def append_csv(path: Path, step: int, metrics: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, algo: str, step: int, args, nets: torch.nn.Module, opt,
+def save_checkpoint(path: Path, algo: str, step: int, args, nets: torch.nn.Module, opt, task: Task,
                     online: Optional[Collector] = None) -> None:
-    """One self-describing file; written to a temp name first so a crash never leaves a half checkpoint.
+    """One self-describing file (the script, its flags, the observation and action sizes of the task, every network
+    and the optimizer); written to a temp name first so a crash never leaves a half checkpoint.
     During the online phase it also holds the online transitions and counters of `online`."""
-    payload = {"algo": algo, "step": step, "args": asdict(args), "nets": nets.state_dict(),
+    payload = {"algo": algo, "step": step, "args": asdict(args), "obs_dim": task.train.observations.shape[1],
+               "action_dim": task.train.actions.shape[1], "nets": nets.state_dict(),
                "optimizer": opt.state_dict() if opt is not None else None, "rng": torch.get_rng_state(),
                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     if online is not None and online.steps > 0:
@@ -576,6 +580,42 @@ def load_checkpoint(path, algo: str, device: torch.device) -> dict:
     if payload.get("algo") != algo:
         raise ValueError(f"{path} was written by {payload.get('algo')}.py, not {algo}.py: load it with that script")
     return payload
+
+
+def load_policy(checkpoint, device="cpu") -> Callable[[torch.Tensor], torch.Tensor]:
+    """The evaluation policy of any script's checkpoint as a callable, observations [B, D] -> actions [B, A].
+
+    The script named by the checkpoint is imported, its Args rebuilt from the stored flags and its networks from
+    `make_nets`; the callable is the script's `make_policy`, exactly the policy main() evaluates (fresh noise at every
+    call, so seed torch for repeatable actions). QAM executes its chunks open-loop: the callable plans h actions
+    every h-th call and returns them one per call, so start each new batch of episodes with `policy.reset()`.
+    Checkpoints written before the sizes were stored get them from the networks' weights."""
+    import importlib
+
+    device = torch.device(device)
+    payload = torch.load(checkpoint, map_location=device, weights_only=True)
+    try:
+        mod = importlib.import_module(payload["algo"])
+        args = mod.Args(**payload["args"])
+    except (ImportError, TypeError) as e:
+        raise ValueError(f"{checkpoint}: cannot rebuild {payload.get('algo')}.py from it ({e}); load it from the folder "
+                         "of that script, at the commit that wrote it") from None
+    obs_dim, action_dim = payload.get("obs_dim"), payload.get("action_dim")
+    if obs_dim is None:
+        obs_dim, action_dim = _sizes_from_weights(payload["nets"], getattr(args, "horizon", 1))
+    nets = mod.make_nets(args, obs_dim, action_dim).to(device)
+    nets.load_state_dict(payload["nets"])
+    return mod.make_policy(nets.eval(), args)
+
+
+def _sizes_from_weights(state: dict, horizon: int) -> tuple:
+    """(obs_dim, action_dim) of an older checkpoint: in every script the critic's first layer reads
+    concat[s, a] with a of horizon * A entries, and the last layer of every `actor_*.net` MLP outputs horizon * A."""
+    batched = "critic.weights.0" in state  # [num_qs, in, out]; before the batched ensemble: qs.<j>.0.weight [out, in]
+    critic_in = state["critic.weights.0"].shape[1] if batched else state["critic.qs.0.0.weight"].shape[1]
+    heads = [k for k in state if re.fullmatch(r"actor_\w+\.net\.\d+\.weight", k)]
+    chunk = state[max(heads, key=lambda k: int(k.split(".")[-2]))].shape[0]
+    return critic_in - chunk, chunk // horizon
 
 
 def resume(path, algo: str, nets: torch.nn.Module, opt, device: torch.device,

@@ -374,6 +374,12 @@ def act(nets: nn.ModuleDict, obs: torch.Tensor) -> torch.Tensor:
     return sample_actions(nets["actor_bc_drift"], obs)
 
 
+def make_policy(nets: nn.ModuleDict, args: Args):
+    """The evaluation policy as a callable, observations [B, D] -> actions [B, A]; main's evaluation and
+    common.load_policy both use it."""
+    return lambda obs: act(nets, obs)
+
+
 # ---------------------------------------------------------------------------------------------------- training loop
 def main(args: Args) -> dict:
     run_dir, writer = common.start_run(args, Path(__file__).stem)
@@ -405,13 +411,13 @@ def main(args: Args) -> dict:
             writer.add_scalar("charts/SPS", (step - first + 1) / (time.time() - t0), step)
         if step == 1 or step % args.eval_interval == 0 or step == steps or step == total:
             common.check_finite(bad_step, ckpt_path)
-            result = common.evaluate(lambda o: act(nets, o), task, args.eval_episodes, args.seed + step,
+            result = common.evaluate(make_policy(nets, args), task, args.eval_episodes, args.seed + step,
                                      png_path=str(run_dir / f"bandit_{step}.png"))
             result = common.log_scalars(writer, "eval", result, step)
             common.append_csv(run_dir / "eval.csv", step, result)
             print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()))
             if args.save_model:
-                common.save_checkpoint(ckpt_path, Path(__file__).stem, step, args, nets, opt, online)
+                common.save_checkpoint(ckpt_path, Path(__file__).stem, step, args, nets, opt, task, online)
     writer.close()
     return result
 

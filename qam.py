@@ -513,6 +513,14 @@ def sparse_rewards(rewards: torch.Tensor) -> torch.Tensor:
     return -(rewards != 0).float()
 
 
+def make_policy(nets: nn.ModuleDict, args: Args):
+    """The evaluation policy as a callable, observations [B, D] -> actions [B, A]; main's evaluation and
+    common.load_policy both use it.
+    The chunk is executed open-loop: every h-th call plans a chunk for the batch, the other calls return its next
+    action without looking at the observations; a new batch of episodes needs `policy.reset()`."""
+    return common.chunked_policy(lambda obs: act(nets, obs, args), args.horizon)
+
+
 # ---------------------------------------------------------------------------------------------------- training loop
 def main(args: Args) -> dict:
     run_dir, writer = common.start_run(args, Path(__file__).stem)
@@ -545,8 +553,8 @@ def main(args: Args) -> dict:
             writer.add_scalar("charts/SPS", (step - first + 1) / (time.time() - t0), step)
         if step == 1 or step % args.eval_interval == 0 or step == steps or step == total:
             common.check_finite(bad_step, ckpt_path)
-            result = common.evaluate(common.chunked_policy(lambda o: act(nets, o, args), args.horizon), task,
-                                     args.eval_episodes, args.seed + step, png_path=str(run_dir / f"bandit_{step}.png"))
+            result = common.evaluate(make_policy(nets, args), task, args.eval_episodes, args.seed + step,
+                                     png_path=str(run_dir / f"bandit_{step}.png"))
             if args.eval_bc_flow:
                 bc = common.evaluate(common.chunked_policy(lambda o: act_bc_flow(nets, o, args.flow_steps),
                                                            args.horizon),
@@ -557,7 +565,7 @@ def main(args: Args) -> dict:
             common.append_csv(run_dir / "eval.csv", step, result)
             print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()))
             if args.save_model:
-                common.save_checkpoint(ckpt_path, Path(__file__).stem, step, args, nets, opt, online)
+                common.save_checkpoint(ckpt_path, Path(__file__).stem, step, args, nets, opt, task, online)
     writer.close()
     return result
 

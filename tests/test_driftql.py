@@ -400,8 +400,8 @@ def test_end_to_end_on_regenerated_pointmaze(ogbench_dir, tmp_path, monkeypatch)
     saved = {}
     real_save = common.save_checkpoint
 
-    def save_and_remember_actions(path, algo, step, args, nets, opt, *online):
-        real_save(path, algo, step, args, nets, opt, *online)
+    def save_and_remember_actions(path, algo, step, args, nets, opt, *rest):
+        real_save(path, algo, step, args, nets, opt, *rest)
         with torch.random.fork_rng():
             torch.manual_seed(5)
             saved[step] = driftql.act(nets, obs)
