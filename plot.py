@@ -1,0 +1,228 @@
+"""Learning curves and final scores from run folders: the folders the five scripts write, each with eval.csv and
+args.json.
+
+Runs are grouped by script, task (--env-id) and flags. The seed and the bookkeeping flags (BOOKKEEPING: run folder,
+experiment name, --resume, device, logging, evaluation schedule, step budget) are set aside, and the folders of one
+seed (a run and its --resume continuations) are joined in step order. When a run also evaluated the flow-BC baseline
+(--eval-bc-flow), that baseline is a method of its own, "<script>: flow BC".
+- One PNG per task: the mean over seeds at every evaluation step, with a 95 % bootstrap confidence band.
+- A markdown table of final scores (printed and written to final_scores.md): the final score of a run is the mean of
+  its last 3 evaluations; the table gives the mean over seeds, its 95 % bootstrap CI and the number of seeds.
+- aggregate.png: per method, the interquartile mean (IQM) of the final scores of all its runs over all tasks, with a
+  95 % stratified bootstrap CI (seeds resampled within each task), the protocol of Agarwal et al., "Deep RL at the
+  Edge of the Statistical Precipice" (NeurIPS 2021). Their rliable package (1.2.0) does not import next to pandas 3
+  (its arch dependency breaks) and does not run with arch 8, so the IQM and the bootstrap are written out below.
+The metric is success_rate on OGBench tasks, else normalized_score where the run logged it, else episodic_return
+(--metric picks another eval.csv column).
+
+    python plot.py runs
+    python plot.py runs /data/more_runs --out figures --metric episodic_return
+"""
+import csv
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import tyro
+
+
+@dataclass
+class Args:
+    folders: tyro.conf.Positional[tuple[str, ...]] = ("runs",)
+    """folders searched at any depth for run folders (a folder with eval.csv and args.json)"""
+    out: str = "plots"
+    """folder for <task>.png, aggregate.png and final_scores.md"""
+    metric: Optional[str] = None
+    """eval.csv column to show; default: success_rate on OGBench, else normalized_score where logged, else
+    episodic_return"""
+    last: int = 3
+    """the final score of a run is the mean of its last this many evaluations"""
+    resamples: int = 2000
+    """bootstrap resamples of every confidence interval"""
+    seed: int = 0
+    """seed of the bootstrap"""
+
+
+# flags that do not change what a run trains or measures: set aside when runs are grouped
+BOOKKEEPING = {"script", "env_id", "seed", "exp_name", "runs_dir", "resume", "device", "torch_deterministic", "track",
+               "wandb_project_name", "wandb_entity", "save_model", "log_interval", "eval_interval", "offline_steps",
+               "eval_bc_flow"}
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+def read_runs(folders: tuple) -> list:
+    """Every run folder under `folders`: its folder, args.json as a dict and eval.csv as {column: [values]}."""
+    runs = []
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise SystemExit(f"error: {folder} is not a folder; pass folders that hold run folders (e.g. runs)")
+        for f in sorted(Path(folder).rglob("eval.csv")):
+            if not (f.parent / "args.json").exists():
+                continue
+            rows = list(csv.DictReader(open(f)))
+            if rows:
+                cols = {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
+                runs.append(dict(dir=f.parent, args=json.loads((f.parent / "args.json").read_text()), cols=cols))
+    if not runs:
+        raise SystemExit(f"error: no run folder (eval.csv next to args.json) under {', '.join(folders)}")
+    return runs
+
+
+def task_metric(runs: list, override: Optional[str]) -> str:
+    """The column shown for one task's runs (see the module docstring); every run must have it."""
+    have = lambda m: all(m in r["cols"] for r in runs)  # noqa: E731
+    if override is not None:
+        missing = [str(r["dir"]) for r in runs if override not in r["cols"]]
+        if missing:
+            raise SystemExit(f"error: --metric {override} is not a column of {missing[0]}/eval.csv "
+                             f"(it has {', '.join(runs[0]['cols'])})")
+        return override
+    if "singletask" in runs[0]["args"]["env_id"] and have("success_rate"):
+        return "success_rate"
+    return "normalized_score" if have("normalized_score") else "episodic_return"
+
+
+def group_series(runs: list, override: Optional[str]) -> tuple:
+    """-> series {(task, method): {seed: {step: value}}} and the metric of each task. The method is the script, plus
+    the flags that differ between that script's groups on the task (the seed and BOOKKEEPING aside)."""
+    by_task = defaultdict(list)
+    for r in runs:
+        by_task[r["args"]["env_id"]].append(r)
+    series, metrics = defaultdict(lambda: defaultdict(dict)), {}
+    for task, task_runs in by_task.items():
+        metric = metrics[task] = task_metric(task_runs, override)
+        flags = {id(r): {k: v for k, v in r["args"].items() if k not in BOOKKEEPING} for r in task_runs}
+        for script in sorted({r["args"]["script"] for r in task_runs}):
+            mine = [r for r in task_runs if r["args"]["script"] == script]
+            varying = sorted(k for k in set().union(*(flags[id(r)] for r in mine))
+                             if len({json.dumps(flags[id(r)].get(k)) for r in mine}) > 1)
+            # a run and its --resume continuations: the later folder wins where their steps overlap
+            for r in sorted(mine, key=lambda r: (r["cols"]["step"][0], str(r["dir"]))):
+                method = " ".join([script] + [fmt_flag(k, flags[id(r)].get(k)) for k in varying])
+                for name, col in ((method, metric), (f"{method}: flow BC", f"bc_flow_{metric}")):
+                    if col in r["cols"]:
+                        series[task, name][r["args"]["seed"]].update(zip(r["cols"]["step"].astype(int).tolist(),
+                                                                        r["cols"][col].tolist()))
+    return series, metrics
+
+
+def fmt_flag(name: str, value) -> str:
+    """A flag as it is typed: --alpha 10, --actor-hidden-dims 64 64, --same-state-positives / --no-same-..."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    return f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+
+
+# ---------------------------------------------------------------------------------------------------- statistics
+def bootstrap_ci(x: np.ndarray, rng: np.random.Generator, resamples: int) -> tuple:
+    """95 % percentile-bootstrap CI of the mean of x (seeds resampled with replacement); NaN with fewer than 2."""
+    x = np.asarray(x, dtype=float)
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    means = x[rng.integers(len(x), size=(resamples, len(x)))].mean(1)
+    return tuple(np.percentile(means, [2.5, 97.5]))
+
+
+def iqm(x: np.ndarray) -> float:
+    """Interquartile mean: the mean of the middle half, int(n / 4) scores cut at each end (scipy's trim_mean 0.25)."""
+    x = np.sort(np.ravel(x))
+    k = int(0.25 * len(x))
+    return float(x[k:len(x) - k].mean())
+
+
+def stratified_bootstrap_ci(per_task: list, rng: np.random.Generator, resamples: int) -> tuple:
+    """95 % CI of the IQM of the pooled scores, resampling the runs with replacement within each task (stratified)."""
+    stats = [iqm(np.concatenate([x[rng.integers(len(x), size=len(x))] for x in per_task])) for _ in range(resamples)]
+    return tuple(np.percentile(stats, [2.5, 97.5]))
+
+
+def final_score(by_step: dict, last: int) -> float:
+    """Mean of the last `last` evaluations of one seed."""
+    return float(np.mean([by_step[s] for s in sorted(by_step)[-last:]]))
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+def plot_task(path: Path, task: str, metric: str, curves: dict, rng, resamples: int) -> None:
+    """Mean over seeds at every step logged by any seed, with the 95 % bootstrap band where 2 or more seeds have it."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method, seeds in curves.items():
+        steps = sorted(set().union(*seeds.values()))
+        vals = [np.array([s[t] for s in seeds.values() if t in s]) for t in steps]
+        mean = np.array([v.mean() for v in vals])
+        band = np.array([bootstrap_ci(v, rng, resamples) for v in vals])
+        (line,) = ax.plot(steps, mean, label=f"{method} ({len(seeds)} seeds)")
+        ax.fill_between(steps, band[:, 0], band[:, 1], color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set(title=task, xlabel="gradient step", ylabel=metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_aggregate(path: Path, rows: list, metrics: set, ntasks: int) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(rows) + 1.4))
+    for i, r in enumerate(rows):
+        ax.errorbar(r["iqm"], i, xerr=[[r["iqm"] - r["ci"][0]], [r["ci"][1] - r["iqm"]]], fmt="o", capsize=4)
+    ax.set_yticks(range(len(rows)), [f"{r['method']} ({r['tasks']} tasks, {r['runs']} runs)" for r in rows],
+                  fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel=f"IQM of the final {' / '.join(sorted(metrics))}\n(95 % stratified bootstrap CI)",
+           title=f"Aggregate over {ntasks} task{'s' * (ntasks > 1)}")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def main(args: Args) -> dict:
+    """Writes the PNGs and final_scores.md under args.out, prints the table; returns the table rows and the
+    aggregate rows (numbers, for tests)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    if args.last < 1:
+        raise SystemExit(f"error: --last {args.last}: the final score needs at least 1 evaluation")
+    rng = np.random.default_rng(args.seed)
+    series, metrics = group_series(read_runs(args.folders), args.metric)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = []
+    for task in sorted(metrics):
+        curves = {m: seeds for (t, m), seeds in sorted(series.items()) if t == task}
+        plot_task(out / f"{task.replace('/', '-')}.png", task, metrics[task], curves, rng, args.resamples)
+        for method, seeds in curves.items():
+            finals = np.array([final_score(s, args.last) for _, s in sorted(seeds.items())])
+            last_steps = sorted({max(s) for s in seeds.values()})
+            table.append(dict(task=task, method=method, metric=metrics[task], mean=float(finals.mean()),
+                              ci=bootstrap_ci(finals, rng, args.resamples), seeds=len(finals), finals=finals,
+                              steps=f"{last_steps[0]}" + (f"-{last_steps[-1]}" if len(last_steps) > 1 else "")))
+    aggregate = []
+    for method in sorted({r["method"] for r in table}):
+        per_task = [r["finals"] for r in table if r["method"] == method]
+        aggregate.append(dict(method=method, iqm=iqm(np.concatenate(per_task)), tasks=len(per_task),
+                              runs=sum(map(len, per_task)), ci=stratified_bootstrap_ci(per_task, rng, args.resamples)))
+    plot_aggregate(out / "aggregate.png", aggregate, {r["metric"] for r in table}, len(metrics))
+    fmt = lambda x: "–" if np.isnan(x) else f"{x:.3f}"  # noqa: E731
+    lines = [f"| task | method | metric | final score (mean of the last {args.last} evaluations) | 95 % CI | seeds | "
+             "steps |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['method']} | {r['metric']} | {fmt(r['mean'])} | "
+              f"[{fmt(r['ci'][0])}, {fmt(r['ci'][1])}] | {r['seeds']} | {r['steps']} |" for r in table]
+    text = "\n".join(lines)
+    (out / "final_scores.md").write_text(text + "\n")
+    print(text)
+    print(f"figures: {out}/<task>.png, {out}/aggregate.png")
+    return dict(table=table, aggregate=aggregate)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,125 @@
+"""plot.py on run folders in the scripts' format: grouping, final-score numbers, figures, and a real run's folder."""
+import csv
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import driftql
+import fql
+import plot
+from conftest import run_dir_of
+
+CUBE = "cube-single-play-singletask-task2-v0"
+
+
+def write_run(root, name, mod, rows, **flags):
+    """A run folder as the scripts write it: args.json (every flag of the script) and eval.csv."""
+    d = root / name
+    d.mkdir(parents=True)
+    args = dataclasses.asdict(mod.Args(**flags))
+    (d / "args.json").write_text(json.dumps({"script": mod.__name__, **args}))
+    with open(d / "eval.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def rows(steps, **cols):
+    return [{"step": s, **{k: v[i] for k, v in cols.items()}} for i, s in enumerate(steps)]
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    steps = [1, 10, 20, 30, 40]
+    # FQL alpha 10 on cube, 3 seeds; the bookkeeping flags differ between seeds, which must not split the group
+    for seed, succ, bc in [(0, [0, .1, .2, .4, .6], [0, 0, .1, .1, .1]), (1, [0, .2, .4, .6, .8], [0, 0, 0, 0, .3]),
+                           (2, [0, .1, .3, .5, .7], [0, .1, .1, .1, .2])]:
+        write_run(root, f"cube__fql__{seed}", fql, rows(steps, success_rate=succ, episodic_return=[-1] * 5,
+                  bc_flow_success_rate=bc), env_id=CUBE, seed=seed, alpha=10.0, eval_bc_flow=True,
+                  runs_dir=f"elsewhere{seed}", exp_name=f"fql_s{seed}", device=["cpu", "cuda", "auto"][seed],
+                  offline_steps=40, eval_interval=10)
+    # FQL alpha 300: one seed, stopped at step 20 and continued with --resume in a second folder
+    write_run(root, "cube__fql300__0__a", fql, rows([1, 10, 20], success_rate=[0, .5, .5], episodic_return=[0] * 3),
+              env_id=CUBE, alpha=300.0, offline_steps=20)
+    write_run(root, "more/cube__fql300__0__b", fql, rows([30, 40], success_rate=[.9, 1.0], episodic_return=[0] * 2),
+              env_id=CUBE, alpha=300.0, offline_steps=40, resume="runs/cube__fql300__0__a/fql.pt")
+    # DriftQL on cube, 2 seeds
+    for seed, succ in [(0, [0, .2, .2, .2, .2]), (1, [0, .4, .4, .4, .4])]:
+        write_run(root, f"cube__driftql__{seed}", driftql, rows(steps, success_rate=succ, episodic_return=[-1] * 5),
+                  env_id=CUBE, seed=seed)
+    # the bandit has no success rate: the return is the metric
+    write_run(root, "bandit__fql__0", fql, rows([1, 5000], episodic_return=[-40.0, 4.5], frac_right=[0, .5]),
+              env_id="bandit-4gaussian")
+    return root
+
+
+def test_runs_are_grouped_by_script_task_and_flags_and_scored_exactly(runs, tmp_path, capsys):
+    out = plot.main(plot.Args(folders=(str(runs),), out=str(tmp_path / "fig"), resamples=500))
+    table = {(r["task"], r["method"]): r for r in out["table"]}
+    assert set(table) == {(CUBE, "fql --alpha 10.0"), (CUBE, "fql --alpha 10.0: flow BC"), (CUBE, "fql --alpha 300.0"),
+                          (CUBE, "driftql"), ("bandit-4gaussian", "fql")}
+    fql10 = table[CUBE, "fql --alpha 10.0"]
+    # last 3 evaluations per seed: 0.4, 0.6, 0.5 -> mean 0.5 over 3 seeds
+    assert fql10["metric"] == "success_rate" and fql10["seeds"] == 3 and fql10["steps"] == "40"
+    np.testing.assert_allclose(fql10["finals"], [0.4, 0.6, 0.5])
+    assert fql10["mean"] == pytest.approx(0.5)
+    assert 0.4 <= fql10["ci"][0] < 0.5 < fql10["ci"][1] <= 0.6
+    assert table[CUBE, "fql --alpha 10.0: flow BC"]["mean"] == pytest.approx((0.1 + 0.1 + 0.4 / 3) / 3)
+    # the resumed seed is one run of 5 evaluations: last 3 = 0.5, 0.9, 1.0
+    fql300 = table[CUBE, "fql --alpha 300.0"]
+    assert fql300["seeds"] == 1 and fql300["mean"] == pytest.approx(0.8) and np.isnan(fql300["ci"][0])
+    assert table[CUBE, "driftql"]["mean"] == pytest.approx(0.3) and table[CUBE, "driftql"]["seeds"] == 2
+    bandit = table["bandit-4gaussian", "fql"]
+    assert bandit["metric"] == "episodic_return" and bandit["mean"] == pytest.approx(-17.75)
+    # the printed markdown table carries the same numbers, and so does final_scores.md
+    printed = capsys.readouterr().out
+    assert f"| {CUBE} | fql --alpha 10.0 | success_rate | 0.500 | [" in printed
+    assert f"| {CUBE} | fql --alpha 300.0 | success_rate | 0.800 | [–, –] | 1 | 40 |" in printed
+    assert (tmp_path / "fig" / "final_scores.md").read_text().strip() == printed.split("\nfigures:")[0].strip()
+    # aggregate: the IQM of the pooled finals, a CI around it
+    agg = {r["method"]: r for r in out["aggregate"]}
+    assert agg["fql --alpha 10.0"]["iqm"] == pytest.approx(0.5) and agg["fql"]["iqm"] == pytest.approx(-17.75)
+    lo, hi = agg["fql --alpha 10.0"]["ci"]
+    assert 0.4 <= lo <= 0.5 <= hi <= 0.6
+    for name in (CUBE, "bandit-4gaussian", "aggregate"):
+        png = tmp_path / "fig" / f"{name}.png"
+        assert Image.open(png).size[0] > 300
+
+
+def test_iqm_is_the_mean_of_the_middle_half_and_the_stratified_ci_resamples_within_tasks():
+    assert plot.iqm(np.array([100.0, 1, 2, 3, 4, 5, 6, -50])) == pytest.approx(3.5)
+    assert plot.iqm(np.arange(10.0)) == pytest.approx(np.mean([2, 3, 4, 5, 6, 7]))
+    rng = np.random.default_rng(0)
+    # every resample keeps the per-task counts: constant tasks give a CI of width 0
+    # (12 scores: 3 ones, 5 twos, 4 threes; the IQM drops 3 at each end: mean of 2, 2, 2, 2, 2, 3)
+    assert plot.stratified_bootstrap_ci([np.full(3, 1.0), np.full(5, 2.0), np.full(4, 3.0)], rng, 200) == (
+        pytest.approx(13 / 6), pytest.approx(13 / 6))
+    lo, hi = plot.stratified_bootstrap_ci([np.array([0.0, 1.0]), np.array([5.0, 6.0])], rng, 500)
+    assert lo < hi and 0 <= lo and hi <= 6
+
+
+def test_bad_input_gets_one_error_line(runs, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="error: no run folder"):
+        plot.main(plot.Args(folders=(str(tmp_path / "empty"),), out=str(tmp_path / "o")))
+    with pytest.raises(SystemExit, match="error: --metric frac_left is not a column of .*eval.csv"):
+        plot.main(plot.Args(folders=(str(runs),), out=str(tmp_path / "o"), metric="frac_left"))
+    with pytest.raises(SystemExit, match="error: .*nowhere is not a folder"):
+        plot.main(plot.Args(folders=(str(tmp_path / "nowhere"),), out=str(tmp_path / "o")))
+
+
+def test_a_real_run_folder_is_read(tmp_path):
+    fql.main(fql.Args(env_id="bandit-4gaussian", actor_hidden_dims=(8,), value_hidden_dims=(8,), batch_size=16,
+                      offline_steps=20, eval_interval=5, device="cpu", runs_dir=str(tmp_path / "runs")))
+    returns = [float(r["episodic_return"]) for r in csv.DictReader(open(f"{run_dir_of(tmp_path / 'runs')}/eval.csv"))]
+    assert len(returns) == 5  # steps 1, 5, 10, 15, 20
+    out = plot.main(plot.Args(folders=(str(tmp_path / "runs"),), out=str(tmp_path / "fig"), resamples=100))
+    (row,) = out["table"]
+    assert (row["task"], row["method"], row["metric"], row["seeds"], row["steps"]) == (
+        "bandit-4gaussian", "fql", "episodic_return", 1, "20")
+    assert row["mean"] == pytest.approx(np.mean(returns[-3:]))
+    assert (tmp_path / "fig" / "bandit-4gaussian.png").stat().st_size > 0
