@@ -32,8 +32,8 @@ def test_loaded_policy_acts_as_the_trained_one(name, tmp_path, monkeypatch):
     obs, trained = torch.randn(7, 2), {}
     real_save = common.save_checkpoint
 
-    def save_and_remember_actions(path, algo, step, args, nets, opt, task):
-        real_save(path, algo, step, args, nets, opt, task)
+    def save_and_remember_actions(path, algo, step, args, nets, opt, *rest):
+        real_save(path, algo, step, args, nets, opt, *rest)
         trained[step] = actions_of(mod.make_policy(nets, args), obs)
 
     monkeypatch.setattr(common, "save_checkpoint", save_and_remember_actions)
