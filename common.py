@@ -65,6 +65,28 @@ def default_offline_steps(env_id: str) -> int:
     return 1_000_000 if "singletask" in env_id else 500_000
 
 
+# ---------------------------------------------------------------------------------------------------- speed flags
+def autocast(precision: str, device: torch.device):
+    """--precision: bf16 autocasts the matmuls inside the block to bfloat16 while the parameters, their gradients and
+    the optimizer state stay fp32; each script keeps its losses, TD targets, LayerNorms (and drift fields) in fp32.
+    fp32 makes the block a no-op."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def compiled(fn, device: torch.device):
+    """--compile: torch.compile with fullgraph=True, so a graph break (and with it a host sync) is an error, not a
+    silent slow path; a backward through the result is compiled too. On CUDA the compiled code runs as CUDA graphs
+    (mode reduce-overhead): each call starts a new graph step, so its outputs stay valid until the next call."""
+    if device.type != "cuda":
+        return torch.compile(fn, fullgraph=True)
+    graphed = torch.compile(fn, fullgraph=True, mode="reduce-overhead")
+
+    def step(*args, **kwargs):
+        torch.compiler.cudagraph_mark_step_begin()
+        return graphed(*args, **kwargs)
+    return step
+
+
 # ---------------------------------------------------------------------------------------------------- data
 @dataclass
 class Dataset:

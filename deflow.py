@@ -30,6 +30,12 @@ Deviations from the official code:
      first one (its step counter is compared before increment) and Adam's momentum keeps moving it for a while.
  10. --online-steps runs the official main.py online loop through common.Collector; the training env's first reset
      is seeded from --seed (official: unseeded); collected episodes are logged as online/* (official: exploration/*).
+Speed flags. --compile compiles the loss computation (forward and backward) with fullgraph=True, so the step has no
+graph breaks and no host syncs, compiles the policy, and uses a fused Adam; on CUDA the compiled code runs as CUDA
+graphs (mode reduce-overhead). --precision bf16 autocasts the matmuls to bfloat16. Kept in fp32: the parameters,
+gradients, Adam moments and checkpoints (autocast casts copies; bf16 moments would drop small updates), every
+LayerNorm (a variance of 512 values), the losses and TD targets (means over the batch; r + discount * Q keeps
+Q's precision).
 The full list, the commands for every task family and the logged metrics are in docs/deflow.md.
 
     python deflow.py --env-id bandit-4gaussian
@@ -60,6 +66,10 @@ class Args:
     """sets cudnn.deterministic and torch.use_deterministic_algorithms"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto takes CUDA when present and says so loudly when it falls back to the CPU"""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: the update's matmuls run in bfloat16 under autocast; what stays fp32 and why is in the docstring above"""
+    compile: bool = False
+    """torch.compile the loss computation (fullgraph) and the policy, with a fused Adam; CUDA graphs on CUDA"""
     track: bool = False
     """log to Weights & Biases as well as tensorboard"""
     wandb_project_name: str = "offline-generative-rl"
@@ -203,7 +213,7 @@ class VectorField(nn.Module):
         self.net = mlp(obs_dim + action_dim + 1, hidden, action_dim, layer_norm)
 
     def forward(self, obs: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, x, t], -1))
+        return self.net(torch.cat([obs, x, t], -1)).float()  # fp32 out, also under bf16 autocast
 
 
 class Refinement(nn.Module):
@@ -214,7 +224,7 @@ class Refinement(nn.Module):
         self.net = mlp(obs_dim + action_dim, hidden, action_dim, layer_norm)
 
     def forward(self, obs: torch.Tensor, base_actions: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, base_actions], -1))
+        return self.net(torch.cat([obs, base_actions], -1)).float()  # fp32 out, also under bf16 autocast
 
 
 class LogAlpha(nn.Module):
@@ -306,7 +316,8 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args, train_flow: bool = True
     q = critic(obs, actions)  # [2, B]
     critic_loss = ((q - y) ** 2).mean()
     # actor: BC flow matching, the only loss that reaches the flow
-    bc_flow_loss = flow_bc_loss(bc_flow, obs, actions, torch.randn_like(actions), torch.rand_like(actions[:, :1]))
+    x0, t = torch.randn_like(actions), torch.rand_like(actions[:, :1])  # drawn in this order (torch.compile too)
+    bc_flow_loss = flow_bc_loss(bc_flow, obs, actions, x0, t)
     # refinement: a residual on the stop-gradient flow action; its mean square D over [B, A] is pushed to delta
     with torch.no_grad():
         base_actions = euler_integrate(bc_flow, obs, torch.randn_like(actions), args.flow_steps)
@@ -329,9 +340,10 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args, train_flow: bool = True
 
 
 def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args,
-           train_flow: bool = True) -> dict:
+           train_flow: bool = True, loss_fn=losses) -> dict:
     """One Adam step on critic + actor losses; the target moves from the pre-update critic, as in the official code."""
-    out = losses(nets, batch, args, train_flow)
+    with common.autocast(args.precision, batch["observations"].device):  # loss_fn: losses, or compiled
+        out = loss_fn(nets, batch, args, train_flow)
     total = out["critic_loss"] + out["actor_loss"]
     opt.zero_grad(set_to_none=True)
     total.backward()
@@ -372,18 +384,22 @@ def main(args: Args) -> dict:
     total = steps + args.online_steps  # the step axis counts offline gradient steps, then online env steps
     print(f"{task.env_id}: {task.train.size} transitions, {steps} steps, run folder {run_dir}")
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
-    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr)
+    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr, fused=args.compile or None)
+    loss_fn, policy = losses, act
+    if args.compile:  # fullgraph: no graph breaks and no host syncs inside the step; CUDA graphs on CUDA
+        loss_fn, policy = common.compiled(losses, device), common.compiled(act, device)
     ckpt_path = run_dir / f"{args.exp_name}.pt"
     first = common.resume(args.resume, Path(__file__).stem, nets, opt, device, online) + 1 if args.resume else 1
     bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, kept on the device
     result, t0 = {}, time.time()
     for step in range(first, total + 1):
         if step > steps:  # online: one env step of the deployed policy, stored in the replay (task.train)
-            online.step(lambda o: act(nets, o), step)
+            online.step(lambda o: policy(nets, o), step)
         updated = step <= steps or online.steps >= args.start_training
         if updated:
             batch = task.train.sample(args.batch_size) if step <= steps else online.sample(args.batch_size)
-            metrics = update(nets, opt, batch, args, train_flow=step <= steps or not args.fix_bc_flow_online)
+            metrics = update(nets, opt, batch, args, train_flow=step <= steps or not args.fix_bc_flow_online,
+                             loss_fn=loss_fn)
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
         if updated and step % args.log_interval == 0:
             common.check_finite(bad_step, ckpt_path)

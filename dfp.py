@@ -48,6 +48,14 @@ Deviations from the official code:
 Where paper and code differ this file follows the code: the Laplace kernel on batch-mean-normalised distances with
 doubly normalised, cross-weighted, unit-RMS affinities (the paper's Eq. 3 writes a Gaussian mean shift), the
 per-element mean in the loss (Eq. 4 sums over action dims), the unclipped drift target, the EMA from the first step.
+Speed flags. --compile compiles the loss computation (forward and backward) with fullgraph=True, so the step has no
+graph breaks and no host syncs, compiles the policy, and uses a fused Adam; on CUDA the compiled code runs as CUDA
+graphs (mode reduce-overhead). --precision bf16 autocasts the matmuls to bfloat16. Kept in fp32: the parameters,
+gradients, Adam moments and checkpoints (autocast casts copies; bf16 moments would drop small updates), every
+LayerNorm (a variance of 512 values), the losses and TD targets (means over the batch; r + discount * Q keeps
+Q's precision), and the drift field: its pairwise distances are differences of nearby
+actions and its softmax weights exponentials of distances divided by small temperatures, where bf16's 8 bits of
+mantissa would move the field itself.
 The full list, the commands for every task family and the logged metrics are in docs/dfp.md.
 
     python dfp.py --env-id bandit-4gaussian --actor-hidden-dims 64 64 --value-hidden-dims 64 64 --batch-size 64 \\
@@ -80,6 +88,10 @@ class Args:
     """sets cudnn.deterministic and torch.use_deterministic_algorithms"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto takes CUDA when present and says so loudly when it falls back to the CPU"""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: the update's matmuls run in bfloat16 under autocast; what stays fp32 and why is in the docstring above"""
+    compile: bool = False
+    """torch.compile the loss computation (fullgraph) and the policy, with a fused Adam; CUDA graphs on CUDA"""
     track: bool = False
     """log to Weights & Biases as well as tensorboard"""
     wandb_project_name: str = "offline-generative-rl"
@@ -236,7 +248,7 @@ class Generator(nn.Module):
         self.net = mlp(obs_dim + noise_dim, hidden, action_dim, layer_norm)
 
     def forward(self, obs: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, eps], -1))
+        return self.net(torch.cat([obs, eps], -1)).float()  # fp32 out, also under bf16 autocast
 
 
 def make_nets(args: Args, obs_dim: int, action_dim: int) -> nn.ModuleDict:
@@ -314,7 +326,7 @@ def drift_loss(gen: torch.Tensor, pos: torch.Tensor,
     """Eq. 4 as the official code reduces it, per state: mean over G and A of (x / c - sg(x / c + V))^2 -> [B].
     The field, c and the goal are built from gen.detach(), so the gradient is -2 V / (G A c) per sample and state.
     Returns the per-state loss, V, the distance scale s and the force RMS per temperature."""
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(gen.device.type, enabled=False):  # the field in fp32 (--precision)
         v, c, s, rms = drift_field(gen.detach(), pos, temps)
         goal = gen.detach() / c + v
     return ((gen / c - goal) ** 2).mean((-2, -1)), v, s, rms
@@ -405,10 +417,11 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args, topk_on: bool = True) -
 
 
 def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args,
-           topk_on: bool = True) -> dict:
+           topk_on: bool = True, loss_fn=losses) -> dict:
     """One Adam step on critic + actor losses; the target critic and the EMA actor move from the pre-update
     parameters, as in the official code."""
-    out = losses(nets, batch, args, topk_on)
+    with common.autocast(args.precision, batch["observations"].device):  # loss_fn: losses, or compiled
+        out = loss_fn(nets, batch, args, topk_on)
     total = out["critic_loss"] + out["actor_loss"]
     opt.zero_grad(set_to_none=True)
     total.backward()
@@ -446,7 +459,10 @@ def main(args: Args) -> dict:
     total = steps + args.online_steps  # the step axis counts offline gradient steps, then online env steps
     print(f"{task.env_id}: {task.train.size} transitions, {steps} steps, run folder {run_dir}")
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
-    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr)
+    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr, fused=args.compile or None)
+    loss_fn, policy = losses, act
+    if args.compile:  # fullgraph: no graph breaks and no host syncs inside the step; CUDA graphs on CUDA
+        loss_fn, policy = common.compiled(losses, device), common.compiled(act, device)
     ckpt_path = run_dir / f"{args.exp_name}.pt"
     first = common.resume(args.resume, Path(__file__).stem, nets, opt, device, online) + 1 if args.resume else 1
     bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, kept on the device
@@ -455,12 +471,12 @@ def main(args: Args) -> dict:
         if (args.topk_start and step == args.topk_start + 1) or step == steps + 1:  # the switch: pi_old <- theta
             nets["actor_drift_ema"].load_state_dict(nets["actor_drift"].state_dict())
         if step > steps:  # online: one env step of the deployed policy, its chunk executed open-loop (one call per h)
-            online.step(lambda o: act(nets, o, args.eval_bon, args.q_agg), step)
+            online.step(lambda o: policy(nets, o, args.eval_bon, args.q_agg), step)
         updated = step <= steps or online.steps >= args.start_training
         if updated:
             batch = task.train.sample_chunks(args.batch_size, args.horizon, args.discount) if args.horizon > 1 \
                 else task.train.sample(args.batch_size)
-            metrics = update(nets, opt, batch, args, step > args.topk_start)
+            metrics = update(nets, opt, batch, args, step > args.topk_start, loss_fn=loss_fn)
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
         if updated and step % args.log_interval == 0:
             common.check_finite(bad_step, ckpt_path)

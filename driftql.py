@@ -36,6 +36,14 @@ Deviations from the official code:
 Where paper and code differ this file follows the code (docs/driftql.md): per-element mean in L_drift (Eq. 11
 sums over action dims), laplace as the default kernel (the paper's Sec. 5.5 says gaussian), min in the TD target by
 default, the step size eta, the finite self-mask (Alg. 1: +inf), N = 4 and noise dim 8 on cube-double (Table 5: N = 32).
+Speed flags. --compile compiles the loss computation (forward and backward) with fullgraph=True, so the step has no
+graph breaks and no host syncs, compiles the policy, and uses a fused Adam; on CUDA the compiled code runs as CUDA
+graphs (mode reduce-overhead). --precision bf16 autocasts the matmuls to bfloat16. Kept in fp32: the parameters,
+gradients, Adam moments and checkpoints (autocast casts copies; bf16 moments would drop small updates), every
+LayerNorm (a variance of 512 values), the losses and TD targets (means over the batch; r + discount * Q keeps
+Q's precision), and the drift field: its pairwise distances are differences of nearby
+actions and its softmax weights exponentials of distances divided by small temperatures, where bf16's 8 bits of
+mantissa would move the field itself.
 The full list, the commands for every task family and the logged metrics are in docs/driftql.md.
 
     python driftql.py --env-id bandit-4gaussian --actor-hidden-dims 64 64 --value-hidden-dims 64 64 --batch-size 64 \\
@@ -71,6 +79,10 @@ class Args:
     """sets cudnn.deterministic and torch.use_deterministic_algorithms"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto takes CUDA when present and says so loudly when it falls back to the CPU"""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: the update's matmuls run in bfloat16 under autocast; what stays fp32 and why is in the docstring above"""
+    compile: bool = False
+    """torch.compile the loss computation (fullgraph) and the policy, with a fused Adam; CUDA graphs on CUDA"""
     track: bool = False
     """log to Weights & Biases as well as tensorboard"""
     wandb_project_name: str = "offline-generative-rl"
@@ -221,7 +233,7 @@ class Generator(nn.Module):
         self.net = mlp(obs_dim + noise_dim, hidden, action_dim, layer_norm)
 
     def forward(self, obs: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, eps], -1))
+        return self.net(torch.cat([obs, eps], -1)).float()  # fp32 out, also under bf16 autocast
 
 
 def make_nets(args: Args, obs_dim: int, action_dim: int) -> nn.ModuleDict:
@@ -285,7 +297,7 @@ def drift_loss(gen: torch.Tensor, pos: torch.Tensor, temp: float, kernel: str, e
     """Eq. 11 reduced as the official code does: mean over all B * N * A elements of (a_i - target_i)^2.
     The field is built from gen.detach(), so the only gradient is the regression of gen onto its fixed target.
     Returns the loss and (V, V_attract, V_repel) for logging."""
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(gen.device.type, enabled=False):  # the field in fp32 (--precision)
         v, v_attract, v_repel = drift_field(gen.detach(), pos, temp, kernel, pos_mask)
     return ((gen - drift_target(gen, v, eta)) ** 2).mean(), v, v_attract, v_repel
 
@@ -357,9 +369,11 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
                 mse=((actor_actions.clamp(-1, 1) - actions) ** 2).mean())
 
 
-def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args) -> dict:
+def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args,
+           loss_fn=losses) -> dict:
     """One Adam step on critic + actor losses; the target moves from the pre-update critic, as in the official code."""
-    out = losses(nets, batch, args)
+    with common.autocast(args.precision, batch["observations"].device):  # loss_fn: losses, or compiled
+        out = loss_fn(nets, batch, args)
     total = out["critic_loss"] + out["actor_loss"]
     opt.zero_grad(set_to_none=True)
     total.backward()
@@ -392,18 +406,21 @@ def main(args: Args) -> dict:
     total = steps + args.online_steps  # the step axis counts offline gradient steps, then online env steps
     print(f"{task.env_id}: {task.train.size} transitions, {steps} steps, run folder {run_dir}")
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
-    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr)
+    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr, fused=args.compile or None)
+    loss_fn, policy = losses, act
+    if args.compile:  # fullgraph: no graph breaks and no host syncs inside the step; CUDA graphs on CUDA
+        loss_fn, policy = common.compiled(losses, device), common.compiled(act, device)
     ckpt_path = run_dir / f"{args.exp_name}.pt"
     first = common.resume(args.resume, Path(__file__).stem, nets, opt, device, online) + 1 if args.resume else 1
     bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, kept on the device
     result, t0 = {}, time.time()
     for step in range(first, total + 1):
         if step > steps:  # online: one env step of the deployed policy, stored in the replay (task.train)
-            online.step(lambda o: act(nets, o), step)
+            online.step(lambda o: policy(nets, o), step)
         updated = step <= steps or online.steps >= args.start_training
         if updated:
             batch = task.train.sample(args.batch_size) if step <= steps else online.sample(args.batch_size)
-            metrics = update(nets, opt, batch, args)
+            metrics = update(nets, opt, batch, args, loss_fn=loss_fn)
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
         if updated and step % args.log_interval == 0:
             common.check_finite(bad_step, ckpt_path)

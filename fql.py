@@ -18,6 +18,12 @@ Deviations from the official code:
   5. Validation losses on the OGBench val split are not logged (the official code logs them every 5K steps).
   6. --online-steps runs the official main.py online loop through common.Collector; the training env's first reset
      is seeded from --seed (official: unseeded); collected episodes are logged as online/* (official: exploration/*).
+Speed flags. --compile compiles the loss computation (forward and backward) with fullgraph=True, so the step has no
+graph breaks and no host syncs, compiles the policy, and uses a fused Adam; on CUDA the compiled code runs as CUDA
+graphs (mode reduce-overhead). --precision bf16 autocasts the matmuls to bfloat16. Kept in fp32: the parameters,
+gradients, Adam moments and checkpoints (autocast casts copies; bf16 moments would drop small updates), every
+LayerNorm (a variance of 512 values), the losses and TD targets (means over the batch; r + discount * Q keeps
+Q's precision).
 The full list, the commands for every task family and the logged metrics are in docs/fql.md.
 
     python fql.py --env-id bandit-4gaussian
@@ -48,6 +54,10 @@ class Args:
     """sets cudnn.deterministic and torch.use_deterministic_algorithms"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto takes CUDA when present and says so loudly when it falls back to the CPU"""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: the update's matmuls run in bfloat16 under autocast; what stays fp32 and why is in the docstring above"""
+    compile: bool = False
+    """torch.compile the loss computation (fullgraph) and the policy, with a fused Adam; CUDA graphs on CUDA"""
     track: bool = False
     """log to Weights & Biases as well as tensorboard"""
     wandb_project_name: str = "offline-generative-rl"
@@ -187,7 +197,7 @@ class VectorField(nn.Module):
         self.net = mlp(obs_dim + action_dim + 1, hidden, action_dim, layer_norm)
 
     def forward(self, obs: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, x, t], -1))
+        return self.net(torch.cat([obs, x, t], -1)).float()  # fp32 out, also under bf16 autocast
 
 
 class OneStepActor(nn.Module):
@@ -198,7 +208,7 @@ class OneStepActor(nn.Module):
         self.net = mlp(obs_dim + action_dim, hidden, action_dim, layer_norm)
 
     def forward(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, z], -1))
+        return self.net(torch.cat([obs, z], -1)).float()  # fp32 out, also under bf16 autocast
 
 
 def make_nets(args: Args, obs_dim: int, action_dim: int) -> nn.ModuleDict:
@@ -265,7 +275,8 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
     q = critic(obs, actions)  # [2, B]
     critic_loss = ((q - y) ** 2).mean()
     # actor: BC flow matching
-    bc_flow_loss = flow_bc_loss(bc_flow, obs, actions, torch.randn_like(actions), torch.rand_like(actions[:, :1]))
+    x0, t = torch.randn_like(actions), torch.rand_like(actions[:, :1])  # drawn in this order (torch.compile too)
+    bc_flow_loss = flow_bc_loss(bc_flow, obs, actions, x0, t)
     # actor: distillation of the K-step flow into the one-step policy, same noise z for both
     z = torch.randn_like(actions)
     with torch.no_grad():
@@ -284,9 +295,11 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
                 mse=((actor_actions.clamp(-1, 1) - actions) ** 2).mean())
 
 
-def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args) -> dict:
+def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args,
+           loss_fn=losses) -> dict:
     """One Adam step on critic + actor losses; the target moves from the pre-update critic, as in the official code."""
-    out = losses(nets, batch, args)
+    with common.autocast(args.precision, batch["observations"].device):  # loss_fn: losses, or compiled
+        out = loss_fn(nets, batch, args)
     total = out["critic_loss"] + out["actor_loss"]
     opt.zero_grad(set_to_none=True)
     total.backward()
@@ -327,18 +340,21 @@ def main(args: Args) -> dict:
     total = steps + args.online_steps  # the step axis counts offline gradient steps, then online env steps
     print(f"{task.env_id}: {task.train.size} transitions, {steps} steps, run folder {run_dir}")
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
-    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr)
+    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr, fused=args.compile or None)
+    loss_fn, policy = losses, act
+    if args.compile:  # fullgraph: no graph breaks and no host syncs inside the step; CUDA graphs on CUDA
+        loss_fn, policy = common.compiled(losses, device), common.compiled(act, device)
     ckpt_path = run_dir / f"{args.exp_name}.pt"
     first = common.resume(args.resume, Path(__file__).stem, nets, opt, device, online) + 1 if args.resume else 1
     bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, kept on the device
     result, t0 = {}, time.time()
     for step in range(first, total + 1):
         if step > steps:  # online: one env step of the deployed policy, stored in the replay (task.train)
-            online.step(lambda o: act(nets, o), step)
+            online.step(lambda o: policy(nets, o), step)
         updated = step <= steps or online.steps >= args.start_training
         if updated:
             batch = task.train.sample(args.batch_size) if step <= steps else online.sample(args.batch_size)
-            metrics = update(nets, opt, batch, args)
+            metrics = update(nets, opt, batch, args, loss_fn=loss_fn)
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
         if updated and step % args.log_interval == 0:
             common.check_finite(bad_step, ckpt_path)

@@ -41,6 +41,12 @@ residual (--residual gives the paper's form); the prior in the SDE, adjoint and 
 terminal gradient uses the target critic at the clipped action; sigma is shifted by h_K; the last SDE step is a
 noiseless prior step; the adjoint Jacobian is taken at (x_i, t_i + h_K); L_adj sums over steps and dims without an
 h_K factor; one global-norm clip instead of element-wise clipping; population std; discount^h with chunk rewards.
+Speed flags. --compile compiles the loss computation (forward and backward) with fullgraph=True, so the step has no
+graph breaks and no host syncs, compiles the policy, and uses a fused Adam; on CUDA the compiled code runs as CUDA
+graphs (mode reduce-overhead). --precision bf16 autocasts the matmuls to bfloat16. Kept in fp32: the parameters,
+gradients, Adam moments and checkpoints (autocast casts copies; bf16 moments would drop small updates), every
+LayerNorm (a variance of 512 values), the losses and TD targets (means over the batch; r + discount * Q keeps
+Q's precision).
 The full list, the commands for every task family and the logged metrics are in docs/qam.md.
 
     python qam.py --env-id cube-double-play-singletask-task2-v0 --inv-temp 1 --horizon 5
@@ -73,6 +79,10 @@ class Args:
     """sets cudnn.deterministic and torch.use_deterministic_algorithms"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto takes CUDA when present and says so loudly when it falls back to the CPU"""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: the update's matmuls run in bfloat16 under autocast; what stays fp32 and why is in the docstring above"""
+    compile: bool = False
+    """torch.compile the loss computation (fullgraph) and the policy, with a fused Adam; CUDA graphs on CUDA"""
     track: bool = False
     """log to Weights & Biases as well as tensorboard"""
     wandb_project_name: str = "offline-generative-rl"
@@ -225,7 +235,7 @@ class VectorField(nn.Module):
         self.net = mlp(obs_dim + action_dim + 1, hidden, action_dim, layer_norm)
 
     def forward(self, obs: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, x, t], -1))
+        return self.net(torch.cat([obs, x, t], -1)).float()  # fp32 out, also under bf16 autocast
 
 
 class OneStepActor(nn.Module):
@@ -236,7 +246,7 @@ class OneStepActor(nn.Module):
         self.net = mlp(obs_dim + action_dim, hidden, action_dim, layer_norm)
 
     def forward(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, z], -1))
+        return self.net(torch.cat([obs, z], -1)).float()  # fp32 out, also under bf16 autocast
 
 
 class EditPolicy(nn.Module):
@@ -254,7 +264,7 @@ class EditPolicy(nn.Module):
 
     def forward(self, obs: torch.Tensor, base_action: torch.Tensor) -> tuple:
         x = self.trunk(torch.cat([obs, base_action], -1))
-        return self.mean(x), self.log_std(x).clamp(-20, 2)
+        return self.mean(x).float(), self.log_std(x).float().clamp(-20, 2)  # fp32, also under bf16
 
 
 class LogAlpha(nn.Module):
@@ -443,8 +453,8 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
     q = critic(obs, actions)  # [N, B]
     critic_loss = (((q - y) ** 2) * valid).mean()
     # behaviour flow: flow matching on the dataset chunks
-    bc_flow_loss = flow_bc_loss(bc_flow, obs, actions, torch.randn_like(actions), torch.rand_like(actions[:, :1]),
-                                valid)
+    x0, t = torch.randn_like(actions), torch.rand_like(actions[:, :1])  # drawn in this order (torch.compile too)
+    bc_flow_loss = flow_bc_loss(bc_flow, obs, actions, x0, t, valid)
     # fine-tuned flow: adjoint matching against the target behaviour flow; X, G and the base velocity are constants
     v_sde = (lambda s, x, t: ft_flow(s, x, t) + prior(s, x, t)) if args.residual else ft_flow
     xs, ts, x_final = memoryless_rollout(v_sde, prior, obs, torch.randn_like(actions), args.flow_steps)
@@ -470,10 +480,12 @@ def trained_parameters(opt: torch.optim.Optimizer) -> list:
     return [p for group in opt.param_groups for p in group["params"]]
 
 
-def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args) -> dict:
+def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args,
+           loss_fn=losses) -> dict:
     """One Adam step on the summed losses after one global grad-norm clip over every trained network (official
     optax.clip_by_global_norm(1.0)); the targets move from the pre-update networks, as in the official code."""
-    out = losses(nets, batch, args)
+    with common.autocast(args.precision, batch["observations"].device):  # loss_fn: losses, or compiled
+        out = loss_fn(nets, batch, args)
     total = out["critic_loss"] + out["actor_loss"]
     opt.zero_grad(set_to_none=True)
     total.backward()
@@ -535,17 +547,21 @@ def main(args: Args) -> dict:
     total = steps + args.online_steps  # the step axis counts offline gradient steps, then online env steps
     print(f"{task.env_id}: {task.train.size} transitions, {steps} steps, run folder {run_dir}")
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
-    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr)
+    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr, fused=args.compile or None)
+    loss_fn, policy = losses, act
+    if args.compile:  # fullgraph: no graph breaks and no host syncs inside the step; CUDA graphs on CUDA
+        loss_fn, policy = common.compiled(losses, device), common.compiled(act, device)
     ckpt_path = run_dir / f"{args.exp_name}.pt"
     first = common.resume(args.resume, Path(__file__).stem, nets, opt, device, online) + 1 if args.resume else 1
     bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, kept on the device
     result, t0 = {}, time.time()
     for step in range(first, total + 1):
         if step > steps:  # online: one env step of the deployed policy, its chunk executed open-loop (one call per h)
-            online.step(lambda o: act(nets, o, args), step)
+            online.step(lambda o: policy(nets, o, args), step)
         updated = step <= steps or online.steps >= args.start_training
         if updated:
-            metrics = update(nets, opt, task.train.sample_chunks(args.batch_size, args.horizon, args.discount), args)
+            batch = task.train.sample_chunks(args.batch_size, args.horizon, args.discount)
+            metrics = update(nets, opt, batch, args, loss_fn=loss_fn)
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
         if updated and step % args.log_interval == 0:
             common.check_finite(bad_step, ckpt_path)

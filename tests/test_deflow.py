@@ -147,7 +147,7 @@ def test_critic_constant_in_the_action_gives_zero_refinement_gradient():
     args = small_args()
     nets = nets_for(args)
     with torch.no_grad():
-        nets["critic"].weights[0][:, D:] = 0  # Q(s, a) no longer depends on a (and is not 0, so the normaliser is finite)
+        nets["critic"].weights[0][:, D:] = 0  # Q(s, a) no longer depends on a (and is not 0: finite normaliser)
     out = losses_at(nets, batch(), args)
     refine = list(nets["refine_onestep_flow"].parameters())
     assert out["q"].abs().item() > 0

@@ -190,9 +190,9 @@ def test_updates_start_after_the_warm_up(name, ogbench_dir, tmp_path, monkeypatc
                           eval_interval=1000, runs_dir=str(tmp_path))
     steps_seen, real = [], mod.update
 
-    def counting(nets, opt, batch, *rest):
+    def counting(nets, opt, batch, *rest, **kw):
         steps_seen.append(len(steps_seen))
-        return real(nets, opt, batch, *rest)
+        return real(nets, opt, batch, *rest, **kw)
 
     monkeypatch.setattr(mod, "update", counting)
     mod.main(args)
@@ -243,10 +243,10 @@ def test_dfp_switch_resets_pi_old_and_turns_top_k_on(ogbench_dir, tmp_path, monk
                           eval_interval=1000, lr=1e-2, runs_dir=str(tmp_path))
     seen, real = [], mod.update
 
-    def recording(nets, opt, batch, args_, topk_on):
+    def recording(nets, opt, batch, args_, topk_on, **kw):
         same = all(torch.equal(a, b) for a, b in zip(nets["actor_drift"].parameters(),
                                                       nets["actor_drift_ema"].parameters()))
-        out = real(nets, opt, batch, args_, topk_on)
+        out = real(nets, opt, batch, args_, topk_on, **kw)
         seen.append((topk_on, same, out["topk_drift_loss"].item()))
         return out
 
@@ -263,11 +263,11 @@ def test_deflow_frozen_flow_gets_no_online_update(frozen, ogbench_dir, tmp_path,
                           fix_bc_flow_online=frozen, runs_dir=str(tmp_path))
     at_switch, real = {}, mod.update
 
-    def recording(nets, opt, batch, args_, train_flow=True):
+    def recording(nets, opt, batch, args_, train_flow=True, **kw):
         if recording.calls == 6:  # the first online update: the state the offline phase left
             at_switch.update({k: v.clone() for k, v in nets.state_dict().items()})
         recording.calls += 1
-        return real(nets, opt, batch, args_, train_flow)
+        return real(nets, opt, batch, args_, train_flow, **kw)
 
     recording.calls = 0
     monkeypatch.setattr(mod, "update", recording)

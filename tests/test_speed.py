@@ -2,6 +2,7 @@
 --precision bf16 and --compile. Speed itself is measured by benchmark.py, never here."""
 import dataclasses
 import importlib
+import math
 
 import pytest
 import torch
@@ -76,3 +77,119 @@ def test_a_checkpoint_of_the_loop_ensemble_refuses_resume_in_one_line(tmp_path):
     assert all(torch.equal(v, want[k]) for k, v in fresh.state_dict().items())
     with pytest.raises(ValueError, match="predates the batched critic ensemble.*start a new run"):  # ... resume not
         fql.main(dataclasses.replace(args, offline_steps=4, runs_dir=str(tmp_path / "b"), resume=path))
+
+
+# ---------------------------------------------------------------------------------------------------- --compile, --precision
+D, A, B = 5, 3, 8
+
+
+def tiny(name, **kw):
+    mod = importlib.import_module(name)
+    extra = dict(horizon=2, flow_steps=3, num_qs=3) if name == "qam" else dict(drift_ngen=4) if name == "driftql" else {}
+    args = mod.Args(actor_hidden_dims=(16, 16), value_hidden_dims=(16, 16), **extra, **kw)
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    actions = torch.rand(B, *((2,) if name == "qam" else ()), A, generator=g) * 2 - 1
+    batch = dict(observations=torch.randn(B, D, generator=g), actions=actions, rewards=-torch.rand(B, generator=g),
+                 next_observations=torch.randn(B, D, generator=g), masks=torch.ones(B), valid=torch.ones(B))
+    return mod, args, batch
+
+
+def fixed_noise(monkeypatch):
+    """torch's random draws replaced by a fixed function of the shape (and of the input's mean), so that an eager and
+    a compiled run see the same noise: the compiled graph may draw its random numbers in another order."""
+    def noise(shape, like=None, device=None):
+        i = torch.arange(math.prod(shape), dtype=torch.float32, device=device).reshape(shape)
+        salt = 0.0 if like is None else 0.1 * torch.tanh(like.detach().float().mean())
+        return (i * 0.6180339) % 1.0 * 2 - 1 + salt  # in [-1.1, 1.1]
+
+    def randn(*shape, device=None, **_):
+        return noise(tuple(shape[0]) if len(shape) == 1 else shape, None, device)
+    monkeypatch.setattr(torch, "randn_like", lambda x, **_: noise(x.shape, x, x.device))
+    monkeypatch.setattr(torch, "rand_like", lambda x, **_: (noise(x.shape, x, x.device) + 1.1) / 2.2)
+    monkeypatch.setattr(torch, "randn", randn)
+
+
+def steps(mod, args, batch, loss_fn, n=3, fused=None):
+    torch.manual_seed(0)
+    nets = mod.make_nets(args, D, A)
+    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=1e-3, fused=fused)
+    metrics = [mod.update(nets, opt, batch, args, loss_fn=loss_fn) for _ in range(n)]
+    return metrics, nets
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_the_loss_compiles_with_fullgraph_and_the_compiled_update_matches_eager(name, monkeypatch):
+    """fullgraph=True fails on any graph break. The traced graph (forward and backward, backend aot_eager: the same
+    graph the default inductor backend turns into C++, without the minutes of C++ compilation) gives the eager
+    losses and parameters over 3 steps."""
+    mod, args, batch = tiny(name)
+    fixed_noise(monkeypatch)
+    eager, eager_nets = steps(mod, args, batch, mod.losses)
+    torch._dynamo.reset()
+    compiled, compiled_nets = steps(mod, args, batch, torch.compile(mod.losses, fullgraph=True, backend="aot_eager"))
+    for e, c in zip(eager, compiled):
+        assert e.keys() == c.keys()
+        for k in e:
+            torch.testing.assert_close(c[k], e[k], rtol=1e-5, atol=1e-6, msg=k)
+    for (k, e), c in zip(eager_nets.named_parameters(), compiled_nets.parameters()):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6, msg=k)
+    assert not all(torch.equal(a, b) for a, b in zip(eager_nets.parameters(), mod.make_nets(args, D, A).parameters()))
+
+
+def test_compiled_fql_update_with_inductor_and_fused_adam_matches_eager(monkeypatch):
+    """The path of --compile on the CPU end to end: common.compiled (inductor, C++) and the fused Adam."""
+    import common
+    mod, args, batch = tiny("fql", flow_steps=2)  # a smaller graph: C++ compilation takes most of this test's time
+    fixed_noise(monkeypatch)
+    eager, eager_nets = steps(mod, args, batch, mod.losses, n=2)
+    torch._dynamo.reset()
+    compiled, compiled_nets = steps(mod, args, batch, common.compiled(mod.losses, torch.device("cpu")), n=2,
+                                    fused=True)
+    for k in eager[-1]:
+        torch.testing.assert_close(compiled[-1][k], eager[-1][k], rtol=1e-4, atol=1e-5, msg=k)
+    for (k, e), c in zip(eager_nets.named_parameters(), compiled_nets.parameters()):
+        torch.testing.assert_close(c, e, rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_bf16_autocasts_the_matmuls_and_keeps_losses_parameters_and_adam_state_fp32(name):
+    mod, args, batch = tiny(name, precision="bf16")
+    metrics, nets = steps(mod, args, batch, mod.losses, n=2)
+    assert all(v.dtype == torch.float32 for v in metrics[-1].values())  # losses, TD-target-based terms, diagnostics
+    assert all(p.dtype == torch.float32 for p in nets.parameters())  # and so the checkpoints
+    fp32, _ = steps(mod, tiny(name)[1], batch, mod.losses, n=2)
+    ratio = metrics[-1]["critic_loss"] / fp32[-1]["critic_loss"]
+    assert 0.9 < float(ratio) < 1.1 and float(ratio) != 1.0  # bf16 matmuls did run: close to fp32, not equal
+    with common_autocast("bf16"):
+        y = nets["critic"](batch["observations"], torch.zeros(B, nets["critic"].weights[0].shape[1] - D))
+    assert y.dtype == torch.float32
+
+
+def common_autocast(precision):
+    import common
+    return common.autocast(precision, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", ["driftql", "dfp"])
+def test_bf16_drift_fields_are_computed_in_fp32(name):
+    mod = importlib.import_module(name)
+    gen = torch.rand(4, 6, 3) * 2 - 1  # generator samples: fp32, as every network's output under autocast
+    pos = torch.rand(4, 1, 3) * 2 - 1
+    with common_autocast("bf16"):
+        out = mod.drift_loss(gen, pos, 0.2, "laplace", 1.0) if name == "driftql" else mod.drift_loss(gen, pos, (0.2,))
+    assert out[0].dtype == torch.float32 and out[1].dtype == torch.float32  # the loss and the field V
+    want = mod.drift_loss(gen, pos, 0.2, "laplace", 1.0) if name == "driftql" else mod.drift_loss(gen, pos, (0.2,))
+    torch.testing.assert_close(out[1], want[1], rtol=1e-6, atol=1e-7)  # the field as without autocast
+
+
+@pytest.mark.parametrize("name", ["fql", "driftql", "dfp"])
+def test_compiled_bf16_update_matches_eager_bf16(name, monkeypatch):
+    mod, args, batch = tiny(name, precision="bf16")
+    fixed_noise(monkeypatch)
+    eager, eager_nets = steps(mod, args, batch, mod.losses, n=2)
+    torch._dynamo.reset()
+    compiled, compiled_nets = steps(mod, args, batch, torch.compile(mod.losses, fullgraph=True, backend="aot_eager"),
+                                    n=2)
+    for k in eager[-1]:
+        torch.testing.assert_close(compiled[-1][k], eager[-1][k], rtol=1e-3, atol=1e-4, msg=k)
