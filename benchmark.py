@@ -1,17 +1,22 @@
 """Speed of the single-file scripts at the paper's network sizes on synthetic data (a script, not a test).
 
-For every module named in --algos it reports: milliseconds per `act` call at batch 1 and at batch 50, training steps
-per second at the script's default batch size (256), and the number of network forward evaluations (NFE) one `act`
-call costs: calls of the output layer of any MLP during the call. The one-step policies of FQL and DriftQL cost 1.
-A call returns one action, or a chunk of h actions for QAM (`actions/call`).
-Every script takes part through the same three functions, so adding one is adding its module name to --algos:
-    make_nets(args, obs_dim, action_dim) -> nn.ModuleDict      update(nets, opt, batch, args) -> dict
-    act(nets, obs [B, D]) -> actions [B, A]
-with `args = <module>.Args(...)` at its defaults (4 x 512 networks) and one Adam over all trainable parameters, as
-in every script's `main`. The data are random transitions of the chosen sizes (default: antmaze, 29-D obs, 8-D action).
+For every module named in --algos it reports training steps per second at the script's default batch size (256) in
+each configuration of --modes: `eager` (fp32, the default path), `bf16` (--precision bf16), `compile` (--compile) and
+`compile-bf16` (both); milliseconds per `act` call at batch 1 and at batch 50, eager and compiled; the seconds the first
+compiled step took (compilation); and the number of network forward evaluations (NFE) one `act` call costs: calls of
+the output layer of any MLP during the call. The one-step policies of FQL and DriftQL cost 1. A call returns one
+action, or a chunk of h actions for QAM (`actions/call`).
+Every script takes part through the same functions, so adding one is adding its module name to --algos:
+    make_nets(args, obs_dim, action_dim) -> nn.ModuleDict      losses(nets, batch, args) -> dict
+    update(nets, opt, batch, args, loss_fn=losses) -> dict     act(nets, obs [B, D]) -> actions [B, A]
+with `args = <module>.Args(precision=..., compile=...)` at its defaults (4 x 512 networks) and one Adam over all
+trainable parameters (fused under compile), as in every script's `main`. The data are random transitions of the
+chosen sizes (default: antmaze, 29-D obs, 8-D action). benchmarks/official_jax.py times an official JAX agent on the
+same sizes for the side-by-side in the README.
 
-    python benchmark.py --device cpu --steps 5
-    python benchmark.py --algos fql driftql --obs-dim 39 --action-dim 9 --device cuda
+    python benchmark.py --device cpu --steps 5 --threads 1
+    python benchmark.py --algos fql qam --modes eager bf16 --device cpu
+    python benchmark.py --device cuda
 """
 import importlib
 import time
@@ -25,15 +30,20 @@ import tyro
 
 import common
 
+MODES = {"eager": ("fp32", False), "bf16": ("bf16", False), "compile": ("fp32", True), "compile-bf16": ("bf16", True)}
+
 
 @dataclass
 class Args:
     algos: tuple[str, ...] = ("fql", "driftql", "dfp", "qam", "deflow")
-    """script modules to time (each exposes make_nets, update, act and Args)"""
+    """script modules to time (each exposes make_nets, losses, update, act and Args)"""
+    modes: tuple[Literal["eager", "bf16", "compile", "compile-bf16"], ...] = ("eager", "bf16", "compile",
+                                                                            "compile-bf16")
+    """training configurations: fp32 eager, --precision bf16, --compile, and both"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto takes CUDA when present and says so loudly when it falls back to the CPU"""
     steps: int = 20
-    """timed training steps per script (after 2 untimed warm-up steps)"""
+    """timed training steps per script and mode (after 3 untimed warm-up steps, the first of which compiles)"""
     act_calls: int = 200
     """timed `act` calls per batch size (after 5 untimed warm-up calls)"""
     obs_dim: int = 29
@@ -89,28 +99,51 @@ def ms_per_call(fn, calls: int, device: torch.device) -> float:
     return 1000 * (time.perf_counter() - t) / calls
 
 
-def bench(name: str, args: Args, device: torch.device, data: common.Dataset) -> dict:
-    mod = importlib.import_module(name)
-    margs = mod.Args(device=device.type)
+def setup(mod, args: Args, device: torch.device, precision: str, compile: bool) -> tuple:
+    """The networks, Adam, loss function and policy of the script's main for one configuration."""
+    margs = mod.Args(device=device.type, precision=precision, compile=compile)
     torch.manual_seed(args.seed)
     nets = mod.make_nets(margs, args.obs_dim, args.action_dim).to(device)
-    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=margs.lr)
+    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=margs.lr, fused=compile or None)
+    if compile:
+        return margs, nets, opt, common.compiled(mod.losses, device), common.compiled(mod.act, device)
+    return margs, nets, opt, mod.losses, mod.act
+
+
+def bench(name: str, args: Args, device: torch.device, data: common.Dataset) -> dict:
+    mod = importlib.import_module(name)
+    row = dict(algo=name)
     obs1, obs50 = data.observations[:1], data.observations[:50]
-    row = dict(algo=name, nfe=count_forward_evaluations(nets, lambda: mod.act(nets, obs1)),
-               per_call=mod.act(nets, obs1).shape[-1] // args.action_dim,  # > 1 for action chunks (QAM)
-               ms_b1=ms_per_call(lambda: mod.act(nets, obs1), args.act_calls, device),
-               ms_b50=ms_per_call(lambda: mod.act(nets, obs50), args.act_calls, device))
-    for _ in range(2):
-        mod.update(nets, opt, sample(data, margs), margs)
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        mod.update(nets, opt, sample(data, margs), margs)
-    sync(device)
-    row["steps_per_s"] = args.steps / (time.perf_counter() - t)
-    row["batch"] = margs.batch_size
-    row["params_m"] = sum(p.numel() for p in nets.parameters() if p.requires_grad) / 1e6
+    for mode in args.modes:
+        precision, compile = MODES[mode]
+        torch._dynamo.reset()
+        margs, nets, opt, loss_fn, policy = setup(mod, args, device, precision, compile)
+        if mode == "eager":
+            row["nfe"] = count_forward_evaluations(nets, lambda: mod.act(nets, obs1))
+            row["per_call"] = mod.act(nets, obs1).shape[-1] // args.action_dim  # > 1 for action chunks (QAM)
+            row["params_m"] = sum(p.numel() for p in nets.parameters() if p.requires_grad) / 1e6
+        if mode in ("eager", "compile"):
+            row[f"ms_b1_{mode}"] = ms_per_call(lambda: policy(nets, obs1), args.act_calls, device)
+            row[f"ms_b50_{mode}"] = ms_per_call(lambda: policy(nets, obs50), args.act_calls, device)
+        t = time.perf_counter()
+        mod.update(nets, opt, sample(data, margs), margs, loss_fn=loss_fn)  # compiles under --compile
+        sync(device)
+        if compile:
+            row[f"compile_s_{mode}"] = time.perf_counter() - t
+        for _ in range(2):
+            mod.update(nets, opt, sample(data, margs), margs, loss_fn=loss_fn)
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            mod.update(nets, opt, sample(data, margs), margs, loss_fn=loss_fn)
+        sync(device)
+        row[mode] = args.steps / (time.perf_counter() - t)
+        row["batch"] = margs.batch_size
     return row
+
+
+def fmt(row: dict, key: str, spec: str) -> str:
+    return format(row[key], spec) if key in row else "-"
 
 
 def main(args: Args) -> list:
@@ -122,14 +155,20 @@ def main(args: Args) -> list:
           f"{args.action_dim}; networks at each script's defaults (4 x 512)")
     data = synthetic_data(args.obs_dim, args.action_dim, device)
     rows = [bench(name, args, device, data) for name in args.algos]
-    head = (f"| {'algo':<10} | {'ms/act B=1':>10} | {'ms/act B=50':>11} | {'train steps/s':>13} | "
-            f"{'NFE/act call':>12} | {'actions/call':>12} | {'trainable params (M)':>20} |")
+    names = {"eager": "fp32 eager", "bf16": "bf16", "compile": "compiled", "compile-bf16": "compiled+bf16"}
+    cols = ([(f"{names[m]} steps/s", m, ".2f") for m in args.modes]
+            + [(f"ms/act B={b}{' compiled' if m == 'compile' else ''}", f"ms_b{b}_{m}", ".3f")
+               for m in ("eager", "compile") if m in args.modes for b in (1, 50)]
+            + [(f"compile s{'' if m == 'compile' else ' (bf16)'}", f"compile_s_{m}", ".0f")
+               for m in ("compile", "compile-bf16") if m in args.modes]
+            + [("NFE/act call", "nfe", "d"), ("actions/call", "per_call", "d"), ("params (M)", "params_m", ".2f")])
+    head = "| algo       | " + " | ".join(c[0] for c in cols) + " |"
     print(head + "\n|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|")
     for r in rows:
-        print(f"| {r['algo']:<10} | {r['ms_b1']:>10.3f} | {r['ms_b50']:>11.3f} | {r['steps_per_s']:>13.2f} |"
-              f" {r['nfe']:>12d} | {r['per_call']:>12d} | {r['params_m']:>20.2f} |")
-    print(f"(training batch {rows[0]['batch'] if rows else '-'}, {args.steps} timed steps; {args.act_calls} timed "
-          f"act calls per batch size)")
+        print(f"| {r['algo']:<10} | " + " | ".join(fmt(r, key, spec).rjust(len(title))
+                                                   for title, key, spec in cols) + " |")
+    print(f"(training batch {rows[0]['batch'] if rows else '-'}, {args.steps} timed steps per mode; {args.act_calls} "
+          f"timed act calls per batch size)")
     return rows
 
 

@@ -249,11 +249,11 @@ def test_warm_up_weights_the_top_k_term_by_zero():
 def test_top_k_switches_on_after_the_warm_up_with_the_ema_reset_to_the_actor(tmp_path, monkeypatch):
     calls, real_update = [], dfp.update
 
-    def spy(nets, opt, batch, args, topk_on=True):
+    def spy(nets, opt, batch, args, topk_on=True, **kw):
         same = all(torch.equal(p, q) for p, q in zip(nets["actor_drift"].parameters(),
                                                       nets["actor_drift_ema"].parameters()))
         calls.append((topk_on, same))
-        return real_update(nets, opt, batch, args, topk_on)
+        return real_update(nets, opt, batch, args, topk_on, **kw)
 
     monkeypatch.setattr(dfp, "update", spy)
     dfp.main(small_args(env_id="bandit-4gaussian", offline_steps=6, topk_start=3, actor_ema_tau=0.5, lr=1e-2,

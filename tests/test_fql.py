@@ -197,9 +197,9 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     real_update = fql.update
     calls = {"n": 0}
 
-    def poisoned(nets, opt, b, args):
+    def poisoned(nets, opt, b, args, **kw):
         calls["n"] += 1
-        out = real_update(nets, opt, b, args)
+        out = real_update(nets, opt, b, args, **kw)
         if calls["n"] >= 61:
             out["total_loss"] = out["total_loss"] * float("nan")
         return out

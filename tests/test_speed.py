@@ -193,3 +193,11 @@ def test_compiled_bf16_update_matches_eager_bf16(name, monkeypatch):
                                     n=2)
     for k in eager[-1]:
         torch.testing.assert_close(compiled[-1][k], eager[-1][k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_benchmark_times_every_requested_mode():
+    import benchmark
+    (row,) = benchmark.main(benchmark.Args(algos=("fql",), modes=("eager", "bf16"), steps=1, act_calls=1,
+                                           device="cpu", obs_dim=5, action_dim=2))
+    assert row["eager"] > 0 and row["bf16"] > 0 and row["ms_b1_eager"] > 0 and row["nfe"] == 1
+    assert "compile" not in row and row["params_m"] > 3
