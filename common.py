@@ -6,11 +6,15 @@ OGBench (`ogbench/utils.py`, `relabel_utils.py`); the Minari side reproduces the
 See the README, "Data protocol", for the choices made where Minari differs from D4RL.
 """
 import csv
+import difflib
 import json
 import os
 import random
 import re
+import signal
+import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -32,15 +36,85 @@ D4RL_ALIASES.update({f"{e}-{k}-v2": f"mujoco/{e}/{k}-v0"
 ADROIT_HORIZON = {"pen": 100, "door": 200, "hammer": 200, "relocate": 200}  # D4RL episode lengths
 ADROIT_REF = {"pen": (96.262799, 3076.8331017826877), "door": (-56.512833, 2880.5693087298737),  # d4rl/infos.py
               "hammer": (-274.856578, 12794.134825156867), "relocate": (-6.425911, 4233.877797728884)}
+TRACEBACK_VAR = "OFFLINE_RL_TRACEBACK"  # set to 1 for the full traceback of an `error: ...` line
 FAMILIES = ("OGBench '<env>-<dataset>-singletask[-taskN]-v0', Minari 'D4RL/...' or 'mujoco/...', "
             f"a D4RL alias ({', '.join(list(D4RL_ALIASES)[:3])}, ...), or 'bandit-4gaussian[-rot1|2|3]'")
+
+
+# ---------------------------------------------------------------------------------------------------- entry point
+class UsageError(ValueError):
+    """An expected failure (a flag out of range, a missing or unreadable file, an unknown id): the message names the
+    flag, file or id and the fix; `cli` prints it as one line."""
+
+
+def cli(main: Callable, args_type: type) -> None:
+    """The entry point of every script: parse the flags with tyro, run `main`, and print an expected failure (bad
+    input, missing or unreadable file, the NaN stop, Ctrl-C or SIGTERM) as one line `error: ...` on stderr with exit
+    code 2 (130 when interrupted). Set OFFLINE_RL_TRACEBACK=1 to get the traceback instead."""
+    import tyro
+
+    doc = (sys.modules[main.__module__].__doc__ or "").strip().split("\n")[0]
+    args = tyro.cli(args_type, description=f"{doc} Bad input ends in one line `error: ...`; set "
+                    f"{TRACEBACK_VAR}=1 for the traceback.")
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM unwinds like Ctrl-C: `finally` blocks clean up
+    try:
+        main(args)
+    except (UsageError, FileNotFoundError, FloatingPointError, KeyboardInterrupt) as e:
+        if os.environ.get(TRACEBACK_VAR, "0") not in ("", "0"):
+            raise
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", [])):  # end a progress bar's line before the message
+            bar.close()
+        interrupted = isinstance(e, KeyboardInterrupt)
+        print(f"error: {'interrupted' if interrupted else e}", file=sys.stderr)
+        sys.exit(130 if interrupted else 2)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _bound(text: str, args) -> float:
+    """One end of an interval: a number ('inf' included) or the name of another flag, e.g. '[1, online_n_samples]'."""
+    try:
+        return float(text)
+    except ValueError:
+        return getattr(args, text)
+
+
+# Allowed ranges of the flags every training script shares, in interval notation ('inf' is open); checked by
+# `check_args` together with each script's own table before any work starts. None (the default) always passes.
+TRAIN_LIMITS = dict(seed="[0, 4294967295]", eval_interval="[1, inf)", eval_episodes="[1, inf)",
+                    log_interval="[1, inf)", offline_steps="[1, inf)", batch_size="[1, inf)", lr="(0, inf)",
+                    actor_hidden_dims="[1, inf)", value_hidden_dims="[1, inf)", discount="[0, 1]", tau="(0, 1]",
+                    online_steps="[0, inf)", buffer_size="[0, inf)", start_training="[0, inf)")
+
+
+def check_args(args, limits: dict) -> None:
+    """Refuses the first flag outside its allowed interval ({field: '[lo, hi)'}; every entry of a tuple flag), and a
+    --resume file that does not exist, with one UsageError that names the flag and the allowed range."""
+    for name, interval in limits.items():
+        value = getattr(args, name)
+        lo, hi = (_bound(b.strip(), args) for b in interval[1:-1].split(","))
+        lo_closed, hi_closed = interval[0] == "[", interval[-1] == "]"
+        for v in value if isinstance(value, tuple) else (value,):
+            inside = v is None or ((lo <= v if lo_closed else lo < v) and (v <= hi if hi_closed else v < hi))
+            if not inside:  # NaN is never inside
+                shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
+                named = "".join(f" (--{b.strip().replace('_', '-')} is {getattr(args, b.strip())})"
+                                for b in interval[1:-1].split(",") if hasattr(args, b.strip()))
+                raise UsageError(f"--{name.replace('_', '-')} {shown} is out of range: it must lie in {interval}"
+                                 f"{named}")
+    if getattr(args, "resume", None) and not os.path.isfile(args.resume):
+        raise UsageError(f"--resume {args.resume}: no such file; pass a checkpoint (<exp_name>.pt) from a run folder")
 
 
 # ---------------------------------------------------------------------------------------------------- device, seed
 def get_device(name: str) -> torch.device:
     """'auto' takes CUDA when present and says loudly when it falls back to the CPU; 'cuda' without a GPU raises."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch sees no GPU; use --device cpu or auto")
+        raise UsageError("--device cuda was asked for but torch sees no GPU; use --device cpu or auto")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
         if name == "cpu":
@@ -159,6 +233,16 @@ class Dataset:
             "valid": in_episode.all(1).float(),
             "next_observations": self.next_observations[last],
         }
+
+
+def check_horizon(data: Dataset, horizon: int, env_id: str) -> None:
+    """Refuses an action-chunk length h that no episode can hold: every chunk would run past an episode end and be
+    weighted out (the bandit, where every step is terminal, holds only h = 1)."""
+    ends = torch.nonzero(data.terminals[:data.size]).squeeze(1).cpu()
+    longest = int(torch.cat([torch.tensor([-1]), ends, torch.tensor([data.size - 1])]).diff().max())
+    if horizon > longest:
+        raise UsageError(f"--horizon {horizon} is longer than every episode of {env_id} (the longest has {longest} "
+                         "steps): pass a shorter --horizon")
 
 
 @dataclass
@@ -427,12 +511,12 @@ class Collector:
     def __init__(self, task: Task, online_steps: int, buffer_size: int, seed: int, writer, horizon: int = 1,
                  balanced: bool = False, reward_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         if task.make_env is None:
-            raise ValueError(f"--online-steps needs an environment to act in, and {task.env_id} has none: "
+            raise UsageError(f"--online-steps needs an environment to act in, and {task.env_id} has none: "
                              "fine-tune on an OGBench or Minari task")
         try:
             self.env = task.make_env()
         except Exception as e:  # noqa: BLE001 (any failure to build the env gives the same advice)
-            raise ValueError(f"--online-steps: the environment of {task.env_id} cannot be built here "
+            raise UsageError(f"--online-steps: the environment of {task.env_id} cannot be built here "
                              f"({type(e).__name__}: {e}); run without --online-steps") from None
         n = task.train.size
         if balanced:
@@ -513,7 +597,7 @@ class Collector:
     def load_state_dict(self, state: dict) -> None:
         lo, size = state["lo"], state["size"]
         if size > len(self.data.observations) or lo < 0:
-            raise ValueError(f"the checkpoint holds {size} replay rows but this run has room for "
+            raise UsageError(f"the checkpoint holds {size} replay rows but this run has room for "
                              f"{len(self.data.observations)}: pass the --online-steps and --buffer-size it ran with")
         for k in Dataset.KEYS:
             getattr(self.data, k)[lo:size] = state["rows"][k]
@@ -524,7 +608,9 @@ class Collector:
 
 # ---------------------------------------------------------------------------------------------------- logging
 def start_run(args, script: str) -> tuple:
-    """Makes runs/<env>__<exp>__<seed>__<time>/ with args.json, a tensorboard writer (+ wandb on --track).
+    """Makes runs/<env>__<exp>__<seed>__<time>[_k]/ (an exclusive mkdir, so runs started together never share one)
+    with args.json and a tensorboard writer (+ wandb on --track). Scripts call it once the data and any checkpoint
+    have loaded, so a run that fails before its first step leaves no folder behind.
 
     With --resume the run continues in the checkpoint's own folder, so that a run keeps one eval.csv and one
     tensorboard history however often it is interrupted: rows and events past the checkpoint's step (written after
@@ -532,14 +618,11 @@ def start_run(args, script: str) -> tuple:
     from torch.utils.tensorboard import SummaryWriter
 
     run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir, purge_step = Path(args.runs_dir) / run_name, None
+    purge_step = None
     if args.resume:
         run_dir = Path(args.resume).parent
-        try:
-            purge_step = int(torch.load(args.resume, map_location="cpu", weights_only=True)["step"]) + 1
-        except Exception:  # noqa: BLE001 (an unreadable checkpoint gets its error from load_checkpoint)
-            pass
-        if purge_step is not None and (run_dir / "eval.csv").exists():
+        purge_step = int(torch.load(args.resume, map_location="cpu", weights_only=True)["step"]) + 1  # resume read it
+        if (run_dir / "eval.csv").exists():
             with open(run_dir / "eval.csv", newline="") as f:
                 rows = list(csv.DictReader(f))
             if rows and int(rows[-1]["step"]) >= purge_step:
@@ -547,7 +630,16 @@ def start_run(args, script: str) -> tuple:
                     w = csv.DictWriter(f, fieldnames=list(rows[0]))
                     w.writeheader()
                     w.writerows(r for r in rows if int(r["step"]) < purge_step)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        for k in range(1, 10_000):
+            run_dir = Path(args.runs_dir) / (run_name if k == 1 else f"{run_name}_{k}")
+            try:
+                run_dir.mkdir(parents=True)
+                break
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise UsageError(f"--runs-dir {args.runs_dir}: cannot make a run folder there ({e.strerror})") from None
     if not (args.resume and (run_dir / "args.json").exists()):  # a resume keeps the flags the run started with
         (run_dir / "args.json").write_text(json.dumps({"script": script, **asdict(args)}, indent=2))
     if args.track:
@@ -559,6 +651,36 @@ def start_run(args, script: str) -> tuple:
     table = "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
     return run_dir, writer
+
+
+def progress(first: int, steps: int):
+    """A tqdm bar over the gradient steps (step, steps/s, ETA, last evaluation) when stderr is a terminal; otherwise
+    a disabled one, and `log_train` prints a plain line at every log interval instead."""
+    from tqdm import tqdm
+
+    return tqdm(total=steps, initial=first - 1, unit="step", dynamic_ncols=True, smoothing=0.05,
+                disable=not sys.stderr.isatty())
+
+
+def log_train(writer, bar, metrics: dict, step: int, first: int, t0: float) -> dict:
+    """Writes the losses/ scalars and charts/SPS (one host sync); without a terminal also one plain progress line."""
+    values = log_scalars(writer, "losses", metrics, step)
+    elapsed = time.time() - t0
+    sps = (step - first + 1) / max(elapsed, 1e-9)
+    writer.add_scalar("charts/SPS", sps, step)
+    if bar.disable:
+        hms = lambda sec: time.strftime("%H:%M:%S", time.gmtime(sec))  # noqa: E731
+        print(f"step {step}/{bar.total} ({100 * step / bar.total:.1f} %), {sps:.1f} steps/s, elapsed {hms(elapsed)}, "
+              f"ETA {hms((bar.total - step) / sps)}, last eval {getattr(bar, 'postfix', None) or '-'}, "
+              + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+    return values
+
+
+def log_eval(bar, step: int, result: dict) -> None:
+    """Prints the evaluation line above the progress bar and shows its score in the bar."""
+    key = next((k for k in ("normalized_score", "success_rate", "episodic_return") if k in result), None)
+    bar.set_postfix_str(f"{key}={result[key]:.3f}" if key else "")
+    bar.write(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()))
 
 
 def log_scalars(writer, prefix: str, metrics: dict, step: int) -> dict:
@@ -597,10 +719,17 @@ def save_checkpoint(path: Path, algo: str, step: int, args, nets: torch.nn.Modul
 
 
 def load_checkpoint(path, algo: str, device: torch.device) -> dict:
-    """Loads a checkpoint and refuses one written by another script."""
-    payload = torch.load(path, map_location=device, weights_only=True)
-    if payload.get("algo") != algo:
-        raise ValueError(f"{path} was written by {payload.get('algo')}.py, not {algo}.py: load it with that script")
+    """Loads a checkpoint and refuses a missing, empty, truncated or corrupt file and one written by another script."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path}: no such file; pass a {algo}.pt from a run folder of {algo}.py")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 (empty, truncated, not a torch file: all get the same advice)
+        raise UsageError(f"checkpoint {path} cannot be read ({type(e).__name__}: it is empty, truncated or not a "
+                         f"checkpoint); pass a complete {algo}.pt from a run folder of {algo}.py") from None
+    if not isinstance(payload, dict) or payload.get("algo") != algo:
+        written = payload.get("algo") if isinstance(payload, dict) else None
+        raise UsageError(f"{path} was written by {written}.py, not {algo}.py: load it with that script")
     return payload
 
 
@@ -641,20 +770,32 @@ def _sizes_from_weights(state: dict, horizon: int) -> tuple:
 
 
 def resume(path, algo: str, nets: torch.nn.Module, opt, device: torch.device,
-           online: Optional[Collector] = None) -> int:
+           online: Optional[Collector] = None, env_id: Optional[str] = None, budget: Optional[int] = None) -> int:
     """Loads the networks (targets and EMA copies included), the optimizer state and torch's random streams of a
     checkpoint, so that the resumed run draws the same batches and noise as an uninterrupted one; returns its step.
-    A checkpoint of the online phase also puts its online transitions back into the replay of `online`."""
+    A checkpoint of the online phase also puts its online transitions back into the replay of `online`.
+    The --lr given now wins over the saved one (the only flag that changes a resumed run's updates on its own).
+    Refuses a checkpoint of another --env-id, and one already at the step budget."""
     payload = load_checkpoint(path, algo, device)
     if any(".qs." in k for k in payload["nets"]):  # the networks load (Critic converts them), the Adam state not
-        raise ValueError(f"{path} predates the batched critic ensemble: its networks load for evaluation, but its "
+        raise UsageError(f"{path} predates the batched critic ensemble: its networks load for evaluation, but its "
                          "optimizer state does not fit, so training cannot resume from it; start a new run")
+    saved_env = payload.get("args", {}).get("env_id")
+    if env_id is not None and saved_env not in (None, env_id):
+        raise UsageError(f"--resume {path} was trained on {saved_env}, not on --env-id {env_id}: pass --env-id "
+                         f"{saved_env}")
+    if budget is not None and payload["step"] >= budget:
+        raise UsageError(f"--resume {path} is at step {payload['step']}, already at or past the budget of {budget} "
+                         "steps: pass a larger --offline-steps (or --online-steps) to train on")
+    lrs = [group["lr"] for group in opt.param_groups]
     try:
         nets.load_state_dict(payload["nets"])
         opt.load_state_dict(payload["optimizer"])
-    except (RuntimeError, ValueError) as e:
-        raise ValueError(f"{path} does not fit these networks ({str(e).splitlines()[0]}); pass the flags it was "
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{path} does not fit these networks ({str(e).splitlines()[0]}); pass the flags it was "
                          "trained with, saved in args.json of its run folder") from None
+    for group, lr in zip(opt.param_groups, lrs):
+        group["lr"] = lr
     if "rng" in payload:  # checkpoints written before the streams were saved resume with fresh ones
         torch.set_rng_state(payload["rng"].cpu())
         if torch.cuda.is_available() and len(payload["cuda_rng"]) == torch.cuda.device_count():
@@ -665,8 +806,12 @@ def resume(path, algo: str, nets: torch.nn.Module, opt, device: torch.device,
 
 
 def check_finite(bad_step: torch.Tensor, ckpt_path: Path) -> None:
-    """Stops training when any loss went NaN/inf; `bad_step` (device scalar) is the first such step or -1."""
+    """Stops training when any loss went NaN/inf; `bad_step` (device scalar) is the first such step or -1.
+    The checkpoint is saved only after this check passes, so the one on disk is from before the NaN."""
     step = int(bad_step)
     if step >= 0:
         kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was saved yet"
-        raise FloatingPointError(f"loss became NaN/inf at step {step}; stopped, {kept}")
+        raise FloatingPointError(
+            f"a loss became NaN/inf at step {step}; stopped, {kept}. A plain --resume replays the same NaN (resuming "
+            "is bit-exact): resume with a smaller --lr (it takes effect on resume) or a milder setting of the method's "
+            "flags (e.g. a larger temperature or a smaller alpha), or start again with another --seed")

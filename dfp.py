@@ -72,7 +72,6 @@ from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
-import tyro
 
 import common
 
@@ -113,7 +112,7 @@ class Args:
     eval_episodes: int = 50
     """episodes per evaluation (FQL protocol: 50; DFP's official flag is 100, Deviation 4)"""
     log_interval: int = 5_000
-    """write training metrics every this many steps (official: 5K)"""
+    """write training metrics every this many steps (the official main.yaml logs every 20K)"""
     # --- optimisation
     offline_steps: Optional[int] = None
     """gradient steps; default 1M on OGBench, 500K on D4RL/Minari (FQL; DFP official flag: 1M), 5K on the bandit"""
@@ -169,6 +168,13 @@ class Args:
     """replay rows (dataset + online transitions); the oldest are overwritten beyond max(this, N + 1) (official: 2M)"""
     start_training: int = 5_000
     """online updates begin at this online env step; the steps before only collect (official: 5K)"""
+
+
+# Allowed range of every numeric flag of this script (interval notation; the shared flags are in common.py),
+# checked by common.check_args before any work starts.
+LIMITS = dict(common.TRAIN_LIMITS, alpha_pos="[0, inf)", drift_temps="(0, inf)", gen_per_label="[1, inf)",
+              online_n_samples="[1, inf)", online_pos_samples="[1, online_n_samples]", actor_ema_tau="[0, 1]",
+              topk_start="[0, inf)", q_bon="[1, inf)", eval_bon="[1, inf)", horizon="[1, inf)")
 
 
 # ---------------------------------------------------------------------------------------------------- networks
@@ -449,24 +455,29 @@ def make_policy(nets: nn.ModuleDict, args: Args):
 
 # ---------------------------------------------------------------------------------------------------- training loop
 def main(args: Args) -> dict:
-    run_dir, writer = common.start_run(args, Path(__file__).stem)
+    common.check_args(args, LIMITS)
     common.seed_everything(args.seed, args.torch_deterministic)
     device = common.get_device(args.device)
     task = common.load_task(args.env_id, device)
-    steps = args.offline_steps or common.default_offline_steps(task.env_id)
-    online = common.Collector(task, args.online_steps, args.buffer_size, args.seed, writer,
+    common.check_horizon(task.train, args.horizon, task.env_id)
+    steps = common.default_offline_steps(task.env_id) if args.offline_steps is None else args.offline_steps
+    online = common.Collector(task, args.online_steps, args.buffer_size, args.seed, None,
                               horizon=args.horizon) if args.online_steps else None
     total = steps + args.online_steps  # the step axis counts offline gradient steps, then online env steps
-    print(f"{task.env_id}: {task.train.size} transitions, {steps} steps, run folder {run_dir}")
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
     opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr, fused=args.compile or None)
     loss_fn, policy = losses, act
     if args.compile:  # fullgraph: no graph breaks and no host syncs inside the step; CUDA graphs on CUDA
         loss_fn, policy = common.compiled(losses, device), common.compiled(act, device)
+    first = (common.resume(args.resume, Path(__file__).stem, nets, opt, device, online, args.env_id, total) + 1
+             if args.resume else 1)
+    run_dir, writer = common.start_run(args, Path(__file__).stem)  # only now: a run that fails earlier leaves none
+    if online is not None:
+        online.writer = writer  # the online episode statistics go to this run's tensorboard
+    print(f"{task.env_id}: {task.train.size} transitions, {steps} steps, run folder {run_dir}")
     ckpt_path = run_dir / f"{args.exp_name}.pt"
-    first = common.resume(args.resume, Path(__file__).stem, nets, opt, device, online) + 1 if args.resume else 1
     bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, kept on the device
-    result, t0 = {}, time.time()
+    result, t0, bar = {}, time.time(), common.progress(first, total)
     for step in range(first, total + 1):
         if (args.topk_start and step == args.topk_start + 1) or step == steps + 1:  # the switch: pi_old <- theta
             nets["actor_drift_ema"].load_state_dict(nets["actor_drift"].state_dict())
@@ -478,22 +489,23 @@ def main(args: Args) -> dict:
                 else task.train.sample(args.batch_size)
             metrics = update(nets, opt, batch, args, step > args.topk_start, loss_fn=loss_fn)
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
-        if updated and step % args.log_interval == 0:
+        bar.update()
+        if updated and (step % args.log_interval == 0 or step == total):
             common.check_finite(bad_step, ckpt_path)
-            common.log_scalars(writer, "losses", metrics, step)
-            writer.add_scalar("charts/SPS", (step - first + 1) / (time.time() - t0), step)
+            common.log_train(writer, bar, metrics, step, first, t0)
         if step == 1 or step % args.eval_interval == 0 or step == steps or step == total:
             common.check_finite(bad_step, ckpt_path)
             result = common.evaluate(make_policy(nets, args), task, args.eval_episodes, args.seed + step,
                                      png_path=str(run_dir / f"bandit_{step}.png"))
             result = common.log_scalars(writer, "eval", result, step)
             common.append_csv(run_dir / "eval.csv", step, result)
-            print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()))
+            common.log_eval(bar, step, result)
             if args.save_model:
                 common.save_checkpoint(ckpt_path, Path(__file__).stem, step, args, nets, opt, task, online)
+    bar.close()
     writer.close()
     return result
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    common.cli(main, Args)

@@ -63,7 +63,6 @@ from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
-import tyro
 
 import common
 
@@ -154,6 +153,12 @@ class Args:
     """online updates begin at this online env step; the steps before only collect (official main.py: 0)"""
     balanced_sampling: bool = False
     """online batches half from the dataset, half from the online transitions (official --balanced_sampling: off)"""
+
+
+# Allowed range of every numeric flag of this script (interval notation; the shared flags are in common.py),
+# checked by common.check_args before any work starts.
+LIMITS = dict(common.TRAIN_LIMITS, alpha="[0, inf)", drift_temp="(0, inf)", drift_ngen="[1, inf)",
+              drift_eta="[0, inf)")
 
 
 # ---------------------------------------------------------------------------------------------------- networks
@@ -396,24 +401,28 @@ def make_policy(nets: nn.ModuleDict, args: Args):
 
 # ---------------------------------------------------------------------------------------------------- training loop
 def main(args: Args) -> dict:
-    run_dir, writer = common.start_run(args, Path(__file__).stem)
+    common.check_args(args, LIMITS)
     common.seed_everything(args.seed, args.torch_deterministic)
     device = common.get_device(args.device)
     task = common.load_task(args.env_id, device)
-    steps = args.offline_steps or common.default_offline_steps(task.env_id)
-    online = common.Collector(task, args.online_steps, args.buffer_size, args.seed, writer,
+    steps = common.default_offline_steps(task.env_id) if args.offline_steps is None else args.offline_steps
+    online = common.Collector(task, args.online_steps, args.buffer_size, args.seed, None,
                               balanced=args.balanced_sampling) if args.online_steps else None
     total = steps + args.online_steps  # the step axis counts offline gradient steps, then online env steps
-    print(f"{task.env_id}: {task.train.size} transitions, {steps} steps, run folder {run_dir}")
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
     opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr, fused=args.compile or None)
     loss_fn, policy = losses, act
     if args.compile:  # fullgraph: no graph breaks and no host syncs inside the step; CUDA graphs on CUDA
         loss_fn, policy = common.compiled(losses, device), common.compiled(act, device)
+    first = (common.resume(args.resume, Path(__file__).stem, nets, opt, device, online, args.env_id, total) + 1
+             if args.resume else 1)
+    run_dir, writer = common.start_run(args, Path(__file__).stem)  # only now: a run that fails earlier leaves none
+    if online is not None:
+        online.writer = writer  # the online episode statistics go to this run's tensorboard
+    print(f"{task.env_id}: {task.train.size} transitions, {steps} steps, run folder {run_dir}")
     ckpt_path = run_dir / f"{args.exp_name}.pt"
-    first = common.resume(args.resume, Path(__file__).stem, nets, opt, device, online) + 1 if args.resume else 1
     bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, kept on the device
-    result, t0 = {}, time.time()
+    result, t0, bar = {}, time.time(), common.progress(first, total)
     for step in range(first, total + 1):
         if step > steps:  # online: one env step of the deployed policy, stored in the replay (task.train)
             online.step(lambda o: policy(nets, o), step)
@@ -422,22 +431,23 @@ def main(args: Args) -> dict:
             batch = task.train.sample(args.batch_size) if step <= steps else online.sample(args.batch_size)
             metrics = update(nets, opt, batch, args, loss_fn=loss_fn)
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
-        if updated and step % args.log_interval == 0:
+        bar.update()
+        if updated and (step % args.log_interval == 0 or step == total):
             common.check_finite(bad_step, ckpt_path)
-            common.log_scalars(writer, "losses", metrics, step)
-            writer.add_scalar("charts/SPS", (step - first + 1) / (time.time() - t0), step)
+            common.log_train(writer, bar, metrics, step, first, t0)
         if step == 1 or step % args.eval_interval == 0 or step == steps or step == total:
             common.check_finite(bad_step, ckpt_path)
             result = common.evaluate(make_policy(nets, args), task, args.eval_episodes, args.seed + step,
                                      png_path=str(run_dir / f"bandit_{step}.png"))
             result = common.log_scalars(writer, "eval", result, step)
             common.append_csv(run_dir / "eval.csv", step, result)
-            print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()))
+            common.log_eval(bar, step, result)
             if args.save_model:
                 common.save_checkpoint(ckpt_path, Path(__file__).stem, step, args, nets, opt, task, online)
+    bar.close()
     writer.close()
     return result
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    common.cli(main, Args)
