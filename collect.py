@@ -18,7 +18,7 @@ sizes from `commands.sh`):
     `navigate`: start in any free cell, goal in a random non-corridor cell, new goal on success.
     `stitch`: goal is a cell exactly 4 BFS steps from the start, 201-step episodes.
   * Every episode runs `max_episode_steps` steps (1001 -> 1000 transitions after loading);
-    `num_episodes // 10` extra episodes go to the `-val` file.
+    `num_episodes // 10` extra episodes (at least 1) go to the `-val` file.
 
 Examples:
     python collect.py pointmaze-medium-navigate-v0            # official size, ~3 min (2 workers)
@@ -33,13 +33,19 @@ Deviations from the official scripts:
   * Random actions are drawn with `np.random.uniform(-1, 1)` instead of `env.action_space.sample()`
     (same distribution, but from the seeded RNG). pointmaze accepts `--p-random-action` too
     (officially always 0).
+  * Both files carry a `stamp` (a hash of the settings) that common.load_task compares, so a train file is never
+    trained on beside a -val file from another collection; the pair is written to temp files and renamed together.
+    Stopping the collection (Ctrl-C, SIGTERM) stops the workers and removes their temp files.
   * Different MuJoCo/NumPy versions and seeds: same distribution, not bit-identical to the
     downloadable files. Ant/humanoid/antsoccer datasets need trained SAC experts: not supported.
 """
 import dataclasses
+import hashlib
+import json
 import multiprocessing as mp
 import os
 import queue
+import signal
 import tempfile
 from collections import deque
 from typing import Optional
@@ -63,7 +69,7 @@ class Args:
     num_episodes: Optional[int] = None
     """Training episodes. Official: 1000; cube-triple 3000; pointmaze giant-navigate 500, stitch 5000."""
     num_val_episodes: Optional[int] = None
-    """Validation episodes (the -val file). Official: num_episodes // 10."""
+    """Validation episodes (the -val file). Official: num_episodes // 10; at least 1, so that training can load it."""
     max_episode_steps: Optional[int] = None
     """Steps per episode. Official: 1001; pointmaze giant-navigate 2001, stitch 201."""
     noise: Optional[float] = None
@@ -79,17 +85,25 @@ class Args:
     """Output folder. Default: common.ogbench_data_dir() ($OGBENCH_DATA_DIR or ~/.ogbench/data)."""
 
 
+# Allowed range of every numeric flag (interval notation), checked by common.check_args before any work starts.
+LIMITS = dict(num_episodes="[1, inf)", num_val_episodes="[1, inf)", max_episode_steps="[2, inf)", noise="[0, inf)",
+              p_random_action="[0, 1]", seed="[0, inf)", workers="[1, inf)")
+
+
 def make_config(args: Args) -> dict:
-    """Check the dataset name and fill in the official defaults for every unset flag."""
+    """Check the flags and the dataset name and fill in the official defaults for every unset flag."""
+    import common
+
+    common.check_args(args, LIMITS)
     name = args.dataset
     stem, _, version = name.rpartition("-")
     env_base, _, kind = stem.rpartition("-")
     manip = env_base in MANIP_ENVS and kind in ("play", "noisy")
     if version != "v0" or not (manip or (env_base in MAZE_ENVS and kind in ("navigate", "stitch"))):
         if name.startswith(("antmaze", "humanoidmaze", "antsoccer")):
-            raise SystemExit(f"{name}: ant/humanoid datasets need trained SAC experts; use the official "
-                             f"download (ogbench.download_datasets). Supported here: {SUPPORTED}")
-        raise SystemExit(f"unsupported dataset {name!r}; supported: {SUPPORTED}")
+            raise common.UsageError(f"{name}: ant/humanoid datasets need trained SAC experts; use the official "
+                                    f"download (ogbench.download_datasets). Supported here: {SUPPORTED}")
+        raise common.UsageError(f"unsupported dataset {name!r}; supported: {SUPPORTED}")
     if manip:
         n, steps, noise = (3000 if env_base == "cube-triple" else 1000), 1001, 0.1
         p = 0.0 if kind == "play" else 0.2 if env_base.startswith("puzzle") else 0.1
@@ -101,7 +115,7 @@ def make_config(args: Args) -> dict:
     n = n if args.num_episodes is None else args.num_episodes
     return dict(
         name=name, env_base=env_base, kind=kind, manip=manip, seed=args.seed, num_episodes=n,
-        num_val_episodes=n // 10 if args.num_val_episodes is None else args.num_val_episodes,
+        num_val_episodes=max(1, n // 10) if args.num_val_episodes is None else args.num_val_episodes,
         max_episode_steps=steps if args.max_episode_steps is None else args.max_episode_steps,
         noise=noise if args.noise is None else args.noise,
         p_random_action=p if args.p_random_action is None else args.p_random_action)
@@ -249,15 +263,24 @@ def collect_range(cfg, start, stop, tick):
     return {k: np.concatenate([ep[k] for ep in episodes]) for k in episodes[0]}
 
 
-def worker(cfg, start, stop, out_path, q):
-    np.savez(out_path, **collect_range(cfg, start, stop, q.put))
+def worker(cfg, start, stop, out_path, q, parent):
+    """Ctrl-C reaches the whole process group: only the parent handles it (it stops the workers). A worker whose
+    parent died anyway (SIGKILL) stops at its next episode instead of running on as an orphan."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def tick(n_rejected):
+        if os.getppid() != parent:
+            os._exit(1)
+        q.put(n_rejected)
+
+    np.savez(out_path, **collect_range(cfg, start, stop, tick))
     q.put(None)
 
 
 def run_workers(cfg, total, n_workers, tmp, tick):
     ctx, chunks = mp.get_context("spawn"), np.array_split(np.arange(total), n_workers)
     q, paths = ctx.Queue(), [os.path.join(tmp, f"chunk{k}.npz") for k in range(n_workers)]
-    procs = [ctx.Process(target=worker, args=(cfg, int(c[0]), int(c[-1]) + 1, path, q), daemon=True)
+    procs = [ctx.Process(target=worker, args=(cfg, int(c[0]), int(c[-1]) + 1, path, q, os.getpid()), daemon=True)
              for c, path in zip(chunks, paths)]
     finished = 0
     try:
@@ -276,10 +299,15 @@ def run_workers(cfg, total, n_workers, tmp, tick):
                 tick(msg)
         for proc in procs:
             proc.join()
-    finally:
+    finally:  # also on Ctrl-C or SIGTERM (common.cli turns it into KeyboardInterrupt): no worker outlives the parent
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
     return [dict(np.load(path)) for path in paths]
 
 
@@ -289,7 +317,7 @@ def main(args: Args) -> dict:
     import common
     cfg = make_config(args)
     n, total = cfg["num_episodes"], cfg["num_episodes"] + cfg["num_val_episodes"]
-    assert n >= 1 and cfg["num_val_episodes"] >= 0 and cfg["max_episode_steps"] >= 2
+    stamp = np.asarray(hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16])  # the pair's id
     data_dir = os.path.expanduser(args.data_dir or common.ogbench_data_dir())
     os.makedirs(data_dir, exist_ok=True)
     paths = {s: os.path.join(data_dir, cfg["name"] + ("-val" if s == "val" else "") + ".npz") for s in ("train", "val")}
@@ -312,11 +340,15 @@ def main(args: Args) -> dict:
         data = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
         n_train = int(np.flatnonzero(data["terminals"])[n - 1]) + 1  # rows of the first n episodes
         splits = {s: {k: v[:n_train] if s == "train" else v[n_train:] for k, v in data.items()} for s in paths}
-        for split in ("val", "train"):  # write to a temp file, then rename: never a half-written file
-            tmp_path = os.path.join(tmp, f"{split}.npz")
-            with open(tmp_path, "wb") as f:
-                np.savez_compressed(f, **splits[split])
-            os.replace(tmp_path, paths[split])
+        for split in paths:  # both to temp files first: a stop while writing leaves the old pair as it was
+            with open(os.path.join(tmp, f"{split}.npz"), "wb") as f:
+                np.savez_compressed(f, stamp=stamp, **splits[split])
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:  # then the two renames with Ctrl-C and SIGTERM held back: the pair is replaced together or not at all
+            for split in paths:
+                os.replace(os.path.join(tmp, f"{split}.npz"), paths[split])
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     for split in ("train", "val"):
         rows, eps = len(splits[split]["terminals"]), int(splits[split]["terminals"].sum())
         print(f"{paths[split]}: {eps} episodes, {rows} steps -> {rows - eps} transitions after loading")
@@ -326,4 +358,6 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    import common
+
+    common.cli(main, Args)

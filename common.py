@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -277,7 +278,8 @@ def _load_task(env_id: str, device: torch.device) -> Task:
         return _ogbench_task(env_id, device)
     if env_id.count("/") >= 1:
         return _minari_task(env_id, device)
-    raise ValueError(f"unknown --env-id {env_id!r}: use {FAMILIES}")
+    close = difflib.get_close_matches(env_id, [*D4RL_ALIASES, "bandit-4gaussian"], n=3)
+    raise UsageError(f"unknown --env-id {env_id!r}: use {FAMILIES}" + (f"; closest: {', '.join(close)}" if close else ""))
 
 
 def _ogbench_task(env_id: str, device: torch.device) -> Task:
@@ -286,22 +288,80 @@ def _ogbench_task(env_id: str, device: torch.device) -> Task:
     splits = env_id.split("-")
     pos = splits.index("singletask")
     name = "-".join(splits[:pos] + splits[-1:])  # the data file: '...-singletask[-taskN]' removed
+    env_name = "-".join(splits[:pos - 1] + splits[pos:])  # the env: the dataset type removed
+    if env_id not in ogbench_ids():
+        close = difflib.get_close_matches(env_id, ogbench_ids(), n=3, cutoff=0.6)
+        raise UsageError(f"--env-id {env_id}: no such OGBench environment and dataset"
+                         + (f"; the closest valid ids are {', '.join(close)}" if close else ""))
     data_dir = ogbench_data_dir()
-    if not os.path.exists(os.path.join(data_dir, f"{name}.npz")):
+    paths = [os.path.join(data_dir, f"{name}{s}.npz") for s in ("", "-val")]
+    fix = (f"regenerate both with `python collect.py {name}`" if REGENERABLE.match(name)
+           else "it needs an expert policy to regenerate: fetch the official files on a networked machine")
+    missing = [p for p in paths if not os.path.exists(p)]
+    if len(missing) == 1:  # never pair a file with a downloaded or regenerated partner it was not made with
+        raise UsageError(f"OGBench dataset file {missing[0]} is missing beside {(set(paths) - set(missing)).pop()}; "
+                         f"{fix}")
+    if missing:
         try:
             ogbench.download_datasets([name], data_dir)
         except Exception as e:  # noqa: BLE001 (any download failure gives the same advice)
-            fix = (f"regenerate it with `python collect.py {name}`" if REGENERABLE.match(name)
-                   else "it needs an expert policy to regenerate: fetch the official file on a networked machine")
             raise FileNotFoundError(f"OGBench dataset {name} is not in {data_dir} and could not be downloaded "
                                     f"({type(e).__name__}); {fix}") from None
-    env, train, val = ogbench.make_env_and_datasets(env_id, dataset_dir=data_dir)
+    probe = gym.make(env_name)
+    want = {"observations": probe.observation_space.shape, "actions": probe.action_space.shape}
+    probe.close()
+    shapes = [npz_shapes(p, fix) for p in paths]
+    for path, shape in zip(paths, shapes):
+        if any(shape.get(k, (0,))[1:] != v for k, v in want.items()):
+            raise UsageError(f"{path} holds another dataset (observations {shape['observations'][1:]}, actions "
+                             f"{shape['actions'][1:]}; {env_id} has {want['observations']}, {want['actions']}); {fix}")
+    if shapes[0].get("stamp") != shapes[1].get("stamp"):
+        raise UsageError(f"{paths[0]} and {paths[1]} come from different collections; {fix}")
+    try:
+        env, train, val = ogbench.make_env_and_datasets(env_id, dataset_dir=data_dir)
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:  # damage inside a member
+        raise UsageError(f"{paths[0]} or its -val file cannot be read ({type(e).__name__}); {fix}") from None
     env.close()
     for d in (train, val):
         d["actions"] = np.clip(d["actions"], -ACTION_CLIP, ACTION_CLIP)
     make_env = lambda: ogbench.make_env_and_datasets(env_id, env_only=True)  # noqa: E731
-    steps = gym.spec("-".join(splits[:pos - 1] + splits[pos:])).max_episode_steps
+    steps = gym.spec(env_name).max_episode_steps
     return Task(env_id, Dataset.from_numpy(train, device), Dataset.from_numpy(val, device), make_env, None, steps)
+
+
+def ogbench_ids() -> list:
+    """Every OGBench single-task id: each registered single-task env with the dataset types of its family."""
+    import ogbench  # noqa: F401  (registers the envs)
+
+    ids = []
+    for env in (k for k in gym.registry if "-singletask" in k):
+        base, rest = env.split("-singletask")
+        manip = re.search("cube|scene|puzzle|powderworld", base)
+        kinds = ("play", "noisy") if manip else ("navigate", "stitch", "explore")
+        ids += [f"{base}-{kind}-singletask{rest}" for kind in kinds]
+    return ids
+
+
+def npz_shapes(path: str, fix: str) -> dict:
+    """The array shapes in an .npz archive, read from its headers only (nothing is unpickled or decompressed in full);
+    a file that is empty, truncated, not an archive or without observations/actions/terminals gets one UsageError.
+    'stamp' maps to the collection stamp collect.py stores in both files of a pair (None in official files)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            shapes = {}
+            for member in z.namelist():
+                with z.open(member) as f:
+                    fmt = np.lib.format
+                    read = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
+                    shapes[member.removesuffix(".npy")] = read(f)[0]
+            stamp = z.read("stamp.npy") if "stamp.npy" in z.namelist() else None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+        raise UsageError(f"{path} cannot be read ({type(e).__name__}: empty, truncated or not an .npz archive); "
+                         f"{fix}") from None
+    lacking = [k for k in ("observations", "actions", "terminals") if k not in shapes]
+    if lacking:
+        raise UsageError(f"{path} has no {', '.join(lacking)}: it is not an OGBench dataset; {fix}")
+    return {**shapes, "stamp": stamp}
 
 
 def ogbench_data_dir() -> str:

@@ -8,6 +8,7 @@ import torch
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download: a missing Minari dataset fails at once, no retries
 
 import collect  # noqa: E402
 

@@ -7,6 +7,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import collect  # noqa: E402
+import common  # noqa: E402
 
 ogbench = pytest.importorskip("ogbench")
 
@@ -42,7 +43,7 @@ def test_keys_dtypes_shapes(which, ob_dim, qpos_dim, request):
     out, data = request.getfixturevalue(which)
     for split, n_eps in (("train", 2), ("val", 1)):
         d = data[split]
-        assert set(d) == {"observations", "actions", "terminals", "qpos", "qvel"}  # no buttons here
+        assert set(d) == {"observations", "actions", "terminals", "qpos", "qvel", "stamp"}  # no buttons here
         assert d["observations"].dtype == np.float32 and d["actions"].dtype == np.float32
         assert d["qpos"].dtype == np.float32 and d["qvel"].dtype == np.float32 and d["terminals"].dtype == bool
         rows = n_eps * STEPS
@@ -61,11 +62,13 @@ def test_val_is_separate(maze):
 
 
 def test_episode_seeding_independent_of_split(tmp_path_factory, maze):
-    # Episode i depends only on (seed, i): 3 train + 0 val episodes = the 2 train + 1 val ones.
-    _, data = run(tmp_path_factory, "pointmaze-medium-navigate-v0", num_episodes=3, num_val_episodes=0)
-    joined = {k: np.concatenate([maze[1]["train"][k], maze[1]["val"][k]]) for k in data["train"]}
-    assert_same(data["train"], joined)
-    assert len(data["val"]["terminals"]) == 0
+    # Episode i depends only on (seed, i): 1 train + 2 val episodes = the 2 train + 1 val ones.
+    _, data = run(tmp_path_factory, "pointmaze-medium-navigate-v0", num_episodes=1, num_val_episodes=2)
+    keys = set(data["train"]) - {"stamp"}  # the stamp identifies the settings, which differ
+    joined = lambda d: {k: np.concatenate([d["train"][k], d["val"][k]]) for k in keys}  # noqa: E731
+    assert_same(joined(data), joined(maze[1]))
+    assert len(data["train"]["terminals"]) == STEPS
+    assert data["train"]["stamp"] == data["val"]["stamp"] != maze[1]["train"]["stamp"]
 
 
 def test_deterministic_and_independent_of_workers(tmp_path_factory, cube, maze):
@@ -98,7 +101,7 @@ def test_loads_with_ogbench(which, task, request):
 
 
 def actions(tmp_path_factory, name, **kw):
-    _, d = run(tmp_path_factory, name, num_episodes=1, num_val_episodes=0, max_episode_steps=201, **kw)
+    _, d = run(tmp_path_factory, name, num_episodes=1, num_val_episodes=1, max_episode_steps=201, **kw)
     return d["train"]["actions"].astype(np.float64)
 
 
@@ -121,7 +124,7 @@ def test_random_action_corruption_pointmaze(tmp_path_factory):
     assert np.mean(np.abs(np.linalg.norm(rand, axis=1) - 1) > 0.05) > 0.5
 
 
-def test_official_defaults():
+def test_official_defaults_and_a_val_episode_for_small_collections():
     cfg = lambda name: collect.make_config(collect.Args(name))
     c = cfg("cube-single-play-v0")
     assert (c["num_episodes"], c["num_val_episodes"], c["max_episode_steps"], c["noise"], c["p_random_action"]) \
@@ -133,13 +136,15 @@ def test_official_defaults():
     s = cfg("pointmaze-large-stitch-v0")
     assert (s["num_episodes"], s["num_val_episodes"], s["max_episode_steps"], s["p_random_action"]) == (5000, 500, 201, 0)
     assert cfg("pointmaze-medium-navigate-v0")["num_episodes"] == 1000
+    small = collect.make_config(collect.Args("cube-single-play-v0", num_episodes=5))
+    assert small["num_val_episodes"] == 1  # 5 // 10 would leave an empty -val file that training cannot load
 
 
 @pytest.mark.parametrize("name", ["antmaze-large-navigate-v0", "humanoidmaze-medium-navigate-v0",
                                   "antsoccer-arena-navigate-v0", "cube-single-navigate-v0",
                                   "pointmaze-medium-play-v0", "cube-quadruple-play-v0", "cube-single-play-v1"])
 def test_unsupported_names(name, tmp_path):
-    with pytest.raises(SystemExit, match="(?i)supported") as e:
+    with pytest.raises(common.UsageError, match="(?i)supported") as e:
         collect.main(collect.Args(name, data_dir=str(tmp_path)))
     assert ("SAC experts" in str(e.value)) == name.startswith(("ant", "humanoid"))
     assert os.listdir(tmp_path) == []

@@ -256,5 +256,5 @@ def test_device_auto_is_loud_and_cuda_raises(capsys):
         pytest.skip("machine has a GPU")
     assert common.get_device("auto").type == "cpu"
     assert "NO GPU FOUND" in capsys.readouterr().out
-    with pytest.raises(RuntimeError, match="--device cpu"):
+    with pytest.raises(common.UsageError, match="--device cpu"):
         common.get_device("cuda")
