@@ -4,9 +4,11 @@ Most cases run the entry point in-process (`common.cli` with a patched sys.argv:
 without paying for a new interpreter); one subprocess per script checks the `__main__` wiring, and collect.py is
 stopped mid-collection as a real process.
 """
+import dataclasses
 import glob
 import importlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -95,6 +97,13 @@ def test_traceback_on_request(tmp_path, monkeypatch):
     monkeypatch.setenv(common.TRACEBACK_VAR, "1")
     with pytest.raises(common.UsageError, match="--batch-size"):
         common.cli(importlib.import_module("fql").main, importlib.import_module("fql").Args)
+
+
+@pytest.mark.parametrize("script", ["fql", "driftql", "dfp", "qam", "deflow", "collect"])
+def test_every_numeric_flag_has_an_allowed_range(script):
+    mod = importlib.import_module(script)
+    numeric = {f.name for f in dataclasses.fields(mod.Args) if re.search(r"\b(int|float)\b", str(f.type))}
+    assert numeric - set(mod.LIMITS) <= {"noise_dim"}  # DriftQL's noise_dim: any value (official: <= 0 = action dim)
 
 
 # ---------------------------------------------------------------------------------------------------- data files
