@@ -267,6 +267,7 @@ def worker(cfg, start, stop, out_path, q, parent):
     """Ctrl-C reaches the whole process group: only the parent handles it (it stops the workers). A worker whose
     parent died anyway (SIGKILL) stops at its next episode instead of running on as an orphan."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # held back during our start-up
 
     def tick(n_rejected):
         if os.getppid() != parent:
@@ -284,8 +285,12 @@ def run_workers(cfg, total, n_workers, tmp, tick):
              for c, path in zip(chunks, paths)]
     finished = 0
     try:
-        for proc in procs:
-            proc.start()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:  # a stop during the start-up waits until every worker is tracked, so that `finally` stops them all
+            for proc in procs:
+                proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         while finished < n_workers:
             try:
                 msg = q.get(timeout=1.0)

@@ -71,6 +71,8 @@ FLAG_CASES = [
     ("deflow", ["--tau", "0"], "--tau"),
     ("deflow", ["--resume", "no/such.pt"], "no/such.pt"),
     ("fql", ["--env-id", "antmaze-large-paly-v2"], "antmaze-large-play-v2"),
+    ("driftql", ["--online-steps", "5"], "--online-steps"),  # the bandit has no environment to act in
+    ("dfp", ["--horizon", "2"], "--horizon"),
 ]
 
 
@@ -291,7 +293,7 @@ def test_stopping_collect_stops_its_workers_and_keeps_the_old_pair(sig, tmp_path
     assert proc.poll() is None and len(workers) >= 2
     proc.send_signal(sig)
     err = proc.communicate(timeout=60)[1].splitlines()
-    assert proc.returncode == 130 and err[-1] == "error: interrupted"
+    assert proc.returncode == 130 and "error: interrupted" in err, err
     time.sleep(0.5)
     assert not [w for w in workers if os.path.exists(f"/proc/{w}") and open(f"/proc/{w}/stat").read().split()[2] != "Z"]
     assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in old.values())  # no temp folder or chunk left
