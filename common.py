@@ -279,7 +279,8 @@ def _load_task(env_id: str, device: torch.device) -> Task:
     if env_id.count("/") >= 1:
         return _minari_task(env_id, device)
     close = difflib.get_close_matches(env_id, [*D4RL_ALIASES, "bandit-4gaussian"], n=3)
-    raise UsageError(f"unknown --env-id {env_id!r}: use {FAMILIES}" + (f"; closest: {', '.join(close)}" if close else ""))
+    raise UsageError(f"unknown --env-id {env_id!r}: use {FAMILIES}"
+                     + (f"; closest: {', '.join(close)}" if close else ""))
 
 
 def _ogbench_task(env_id: str, device: torch.device) -> Task:
