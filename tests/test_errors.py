@@ -85,8 +85,11 @@ def test_bad_flag_is_one_line_naming_it_and_leaves_no_run_folder(script, argv, n
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("script, flag", [("fql", "--batch-size"), ("driftql", "--drift-temp"), ("dfp", "--gen-per-label"),
-                                          ("qam", "--horizon"), ("deflow", "--eval-interval")])
+ENTRY_CASES = [("fql", "--batch-size"), ("driftql", "--drift-temp"), ("dfp", "--gen-per-label"), ("qam", "--horizon"),
+               ("deflow", "--eval-interval")]
+
+
+@pytest.mark.parametrize("script, flag", ENTRY_CASES)
 def test_each_script_entry_point_prints_one_line(script, flag, tmp_path):
     r = subprocess.run([sys.executable, f"{script}.py", flag, "0", "--runs-dir", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
