@@ -51,7 +51,7 @@ class UsageError(ValueError):
 def cli(main: Callable, args_type: type) -> None:
     """The entry point of every script: parse the flags with tyro, run `main`, and print an expected failure (bad
     input, missing or unreadable file, the NaN stop, Ctrl-C or SIGTERM) as one line `error: ...` on stderr with exit
-    code 2 (130 when interrupted). Set OFFLINE_RL_TRACEBACK=1 to get the traceback instead."""
+    code 2 (128 + the signal when stopped: 130, 143). Set OFFLINE_RL_TRACEBACK=1 to get the traceback instead."""
     import tyro
 
     doc = (sys.modules[main.__module__].__doc__ or "").strip().split("\n")[0]
@@ -67,13 +67,16 @@ def cli(main: Callable, args_type: type) -> None:
 
         for bar in list(getattr(tqdm, "_instances", [])):  # end a progress bar's line before the message
             bar.close()
-        interrupted = isinstance(e, KeyboardInterrupt)
-        print(f"error: {'interrupted' if interrupted else e}", file=sys.stderr)
-        sys.exit(130 if interrupted else 2)
+        if isinstance(e, KeyboardInterrupt):  # Ctrl-C, or SIGTERM through _raise_interrupt: exit 128 + the signal
+            signum = e.args[0] if e.args else signal.SIGINT
+            print(f"error: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+            sys.exit(128 + signum)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+    raise KeyboardInterrupt(signum)
 
 
 def _bound(text: str, args) -> float:
