@@ -6,13 +6,16 @@ import pytest
 import torch
 
 import common
-from conftest import run_dir_of
+from conftest import MAZE_ID, run_dir_of
 
 SCRIPTS = ("fql", "driftql", "dfp", "qam", "deflow")
 TINY = dict(env_id="bandit-4gaussian", actor_hidden_dims=(8,), value_hidden_dims=(8,), batch_size=16, eval_interval=2,
             device="cpu")
 # settings whose evaluation policy differs from the plain one-sample policy: best-of-3 (DFP), chunks of 2 (DFP, QAM)
 EXTRA = dict(dfp=dict(eval_bon=3, horizon=2), qam=dict(horizon=2, num_qs=2, flow_steps=2))
+# chunks of 2 need episodes longer than the bandit's single step (training refuses the bandit with --horizon 2):
+# DFP and QAM train on the regenerated pointmaze, whose observations and actions are 2-D as well
+CHUNKED = dict(env_id=MAZE_ID, eval_episodes=1)
 
 
 def tiny_args(mod, **kw):
@@ -27,7 +30,7 @@ def actions_of(policy, obs, calls=4, seed=5):
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_loaded_policy_acts_as_the_trained_one(name, tmp_path, monkeypatch):
+def test_loaded_policy_acts_as_the_trained_one(name, tmp_path, monkeypatch, ogbench_dir):
     mod = importlib.import_module(name)
     obs, trained = torch.randn(7, 2), {}
     real_save = common.save_checkpoint
@@ -37,7 +40,7 @@ def test_loaded_policy_acts_as_the_trained_one(name, tmp_path, monkeypatch):
         trained[step] = actions_of(mod.make_policy(nets, args), obs)
 
     monkeypatch.setattr(common, "save_checkpoint", save_and_remember_actions)
-    mod.main(tiny_args(mod, offline_steps=4, runs_dir=str(tmp_path)))
+    mod.main(tiny_args(mod, offline_steps=4, runs_dir=str(tmp_path), **(CHUNKED if name in ("dfp", "qam") else {})))
     ckpt = f"{run_dir_of(tmp_path)}/{name}.pt"
     payload = torch.load(ckpt, weights_only=True)
     assert (payload["obs_dim"], payload["action_dim"]) == (2, 2)
