@@ -214,9 +214,9 @@ def test_nan_stop_is_one_line_with_the_flags_to_change_and_keeps_the_checkpoint(
     fql = importlib.import_module("fql")
     real_update, calls = fql.update, []
 
-    def poisoned(nets, opt, batch, args):  # the loss turns NaN from step 6 on
+    def poisoned(*update_args, **kw):  # the loss turns NaN from step 6 on
         calls.append(1)
-        out = real_update(nets, opt, batch, args)
+        out = real_update(*update_args, **kw)
         out["total_loss"] = out["total_loss"] * (float("nan") if len(calls) >= 6 else 1.0)
         return out
 
