@@ -115,7 +115,7 @@ class Args:
     """aggregation of the two target Qs in the TD target (official: mean; min on antmaze-large/giant, adroit)"""
     delta: float = 0.001
     """target divergence delta: bound on D = mean over batch and action dims of residual^2 (official
-    target_divergence: 0.001; 0.01 on antmaze/antsoccer, README table)"""
+    target_divergence: 0.001; 0.01 on antmaze/antsoccer, docs/deflow.md)"""
     flow_steps: int = 10
     """Euler steps K of the BC flow (official: 10)"""
     normalize_q_loss: bool = True

@@ -121,11 +121,11 @@ class Args:
     """LayerNorm in the actor networks (official: False)"""
     # --- algorithm
     discount: float = 0.99
-    """discount factor gamma (official: 0.99; 0.995 or 0.998 on many tasks, README table)"""
+    """discount factor gamma (official: 0.99; 0.995 or 0.998 on many tasks, docs/driftql.md)"""
     tau: float = 0.005
     """Polyak rate of the target critic (official: 0.005); the kernel temperature is --drift-temp"""
     q_agg: Literal["mean", "min"] = "min"
-    """aggregation of the two target Qs in the TD target (official: min, unlike FQL; mean on many tasks, README)"""
+    """aggregation of the two target Qs in the TD target (official: min, unlike FQL; mean on many tasks, docs/driftql.md)"""
     alpha: float = 10.0
     """drift-loss coefficient alpha in Eq. 12 (official default 10; tuned per task, Table 6)"""
     drift_temp: float = 0.2

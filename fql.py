@@ -102,7 +102,7 @@ class Args:
     q_agg: Literal["mean", "min"] = "mean"
     """aggregation of the two target Qs in the TD target (official: mean; min on antmaze-large/giant, adroit)"""
     alpha: float = 10.0
-    """distillation coefficient alpha (official default 10; tuned per task, README table)"""
+    """distillation coefficient alpha (official default 10; tuned per task, docs/fql.md)"""
     flow_steps: int = 10
     """Euler steps K of the BC flow (official: 10)"""
     normalize_q_loss: bool = False
@@ -112,7 +112,7 @@ class Args:
     # --- offline-to-online
     online_steps: int = 0
     """env steps of online fine-tuning after the offline phase, one update per step (official --online_steps; 1M in
-    the paper's offline-to-online runs, with the per-task alpha of the README table)"""
+    the paper's offline-to-online runs, with the per-task alpha of docs/fql.md)"""
     buffer_size: int = 2_000_000
     """replay rows (dataset + online transitions); the oldest are overwritten beyond max(this, N + 1) (official: 2M)"""
     start_training: int = 0

@@ -131,7 +131,7 @@ class Args:
     rho: float = 0.5
     """pessimism rho of the TD target mean - rho * std over the ensemble (official: 0.5; 0 on humanoidmaze)"""
     inv_temp: float = 0.3
-    """inverse temperature tau scaling the critic's action gradient (official default 0.3; tuned per domain, README);
+    """inverse temperature tau scaling the critic's action gradient (official default 0.3; tuned per domain, docs/qam.md);
     0 makes the deployed policy the behaviour flow"""
     flow_steps: int = 10
     """steps K of the SDE, the adjoint and the Euler ODE (official: 10)"""
@@ -144,9 +144,9 @@ class Args:
     variant: Literal["qam", "qam-fql", "qam-edit"] = "qam"
     """qam; qam-fql adds a one-step actor distilled from v_ft; qam-edit adds a Gaussian edit policy"""
     fql_alpha: float = 30.0
-    """QAM-FQL distillation coefficient alpha (official: 0 = off; tuned 3, 30 or 300, README)"""
+    """QAM-FQL distillation coefficient alpha (official: 0 = off; tuned 3, 30 or 300, docs/qam.md)"""
     edit_scale: float = 0.1
-    """QAM-EDIT edit bound sigma_a on the tanh-squashed edit (official: 0 = off; tuned 0.1, 0.5 or 0.9, README)"""
+    """QAM-EDIT edit bound sigma_a on the tanh-squashed edit (official: 0 = off; tuned 0.1, 0.5 or 0.9, docs/qam.md)"""
     eval_bc_flow: bool = False
     """also evaluate the K-step BC flow on its own (the flow-BC baseline), logged as eval/bc_flow_*"""
     # --- offline-to-online
