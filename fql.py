@@ -187,9 +187,9 @@ class Critic(nn.Module):
             h = torch.baddbmm(b, h, w)  # b + h @ w for every member at once
             if l < len(self.weights) - 1:
                 h = nn.functional.gelu(h, approximate="tanh")
-                if len(self.norm_weights):  # in fp32 under --precision bf16 as well
-                    h = nn.functional.layer_norm(h.float(), h.shape[-1:], eps=1e-6) * self.norm_weights[l] \
-                        + self.norm_biases[l]
+                if len(self.norm_weights):  # per member (a fused kernel each), in fp32 under --precision bf16 too
+                    h = torch.stack([nn.functional.layer_norm(x.float(), x.shape[-1:], w, b, eps=1e-6) for x, w, b
+                                     in zip(h, self.norm_weights[l].flatten(1), self.norm_biases[l].flatten(1))])
         return h.float().reshape(len(self.weights[0]), *x.shape[:-1])
 
 
