@@ -9,7 +9,8 @@ same thread count (--threads here, --threads there).
     python benchmarks/official_jax.py /tmp/fql --agent fql --threads 1
     python benchmarks/official_jax.py /tmp/driftql --agent driftql --utils /tmp/fql --threads 1
     python benchmarks/official_jax.py /tmp/deflow --agent deflow --threads 1
-    python benchmarks/official_jax.py /tmp/dfp --agent drift --set horizon_length=1 --threads 1
+    python benchmarks/official_jax.py /tmp/dfp --agent drift --sequence --threads 1 --set horizon_length=1 \
+        "drift_temps=(0.05,)" online_n_samples=16 online_pos_samples=8 q_bon=1 eval_bon=1   # dfp.py's defaults
 """
 import argparse
 import ast
@@ -29,6 +30,8 @@ def main() -> None:
     p.add_argument("--action-dim", type=int, default=8)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. horizon_length=1 (values parsed as Python literals)")
+    p.add_argument("--sequence", action="store_true",
+                   help="batches with a time axis of length horizon_length (DFP's and QAM's agents read chunks)")
     a = p.parse_args()
     if a.threads:  # must be set before jax starts
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
@@ -38,8 +41,15 @@ def main() -> None:
             sys.exit(f"error: {path} has no {'agents' if path == a.repo else 'utils'}/ folder; pass a checkout of "
                      "the official repository")
     sys.path[:0] = [a.repo] + ([a.utils] if a.utils else [])
+    import inspect
+
     import jax
+    import jax.numpy as jnp
     import numpy as np
+    if "a_min" not in inspect.signature(jnp.clip).parameters:  # DFP's code calls jnp.clip(x, a_min=...), gone in jax 0.6+
+        clip = jnp.clip
+        jnp.clip = lambda x, min=None, max=None, a_min=None, a_max=None: clip(x, a_min if min is None else min,
+                                                                              a_max if max is None else max)
     import importlib
     mod = importlib.import_module(f"agents.{a.agent}")
     (agent_cls,) = [v for v in vars(mod).values() if isinstance(v, type) and v.__module__ == mod.__name__
@@ -54,6 +64,12 @@ def main() -> None:
 
     def batch():
         obs = rng.standard_normal((b, a.obs_dim)).astype(np.float32)
+        if a.sequence:  # the chunk layout of ACFQL's sample_sequence: a time axis of length h after the batch
+            h = config["horizon_length"]
+            return dict(observations=obs, next_observations=rng.standard_normal((b, h, a.obs_dim)).astype(np.float32),
+                        actions=rng.uniform(-1, 1, (b, h, a.action_dim)).astype(np.float32),
+                        rewards=-rng.random((b, h)).astype(np.float32), masks=np.ones((b, h), np.float32),
+                        terminals=np.zeros((b, h), np.float32), valid=np.ones((b, h), np.float32))
         out = dict(observations=obs, next_observations=rng.standard_normal((b, a.obs_dim)).astype(np.float32),
                    actions=rng.uniform(-1, 1, (b, act_dim)).astype(np.float32),
                    rewards=-rng.random(b).astype(np.float32), masks=np.ones(b, np.float32),
@@ -61,7 +77,10 @@ def main() -> None:
         return out
 
     ex = batch()
-    agent = agent_cls.create(0, ex["observations"][:1], ex["actions"][:1], config)
+    if a.sequence:  # DFP's main.py passes one unbatched, unchunked example (train_dataset.sample(()))
+        agent = agent_cls.create(0, ex["observations"][0], ex["actions"][0, 0], config)
+    else:
+        agent = agent_cls.create(0, ex["observations"][:1], ex["actions"][:1], config)
     batches = [batch() for _ in range(4)]
     for i in range(2):
         agent, info = agent.update(batches[i % 4])
