@@ -1,5 +1,6 @@
 """The speed work shared by the five scripts: the batched critic ensemble, the frozen critic of the actor's Q term,
 --precision bf16 and --compile. Speed itself is measured by benchmark.py, never here."""
+import copy
 import dataclasses
 import importlib
 import math
@@ -30,6 +31,16 @@ def test_batched_critic_equals_a_loop_over_member_mlps(name, num_qs, layer_norm)
     obs, act = torch.randn(7, d), torch.rand(7, a) * 2 - 1
     want = torch.stack([q(torch.cat([obs, act], -1)).squeeze(-1) for q in loop])
     torch.testing.assert_close(critic(obs, act), want, rtol=1e-5, atol=1e-5)  # float rounding only
+    # and the gradients: each member's weights, biases, LayerNorm scales and offsets get the loop's gradient
+    c = torch.randn(num_qs, 7)  # a different weight per member and row, so that a mixed-up member shows
+    (critic(obs, act) * c).sum().backward()
+    (want * c).sum().backward()
+    grads = [copy.deepcopy(q) for q in loop]
+    for g, q in zip(grads, loop):
+        for pg, p in zip(g.parameters(), q.parameters()):
+            pg.data = p.grad
+    for k, v in mod.Critic.stack(grads).items():
+        torch.testing.assert_close(critic.get_parameter(k).grad, v, rtol=1e-4, atol=1e-5)
     # leading batch dims are kept: [num_qs, K, B]
     torch.testing.assert_close(critic(obs.expand(2, 7, d), act.expand(2, 7, a)), want.unsqueeze(1).expand(-1, 2, -1),
                                rtol=1e-5, atol=1e-5)
