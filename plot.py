@@ -19,6 +19,8 @@ The metric is success_rate on OGBench tasks, else normalized_score where the run
     python plot.py runs /data/more_runs --out figures --metric episodic_return
 """
 import csv
+import dataclasses
+import importlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -85,6 +87,16 @@ def task_metric(runs: list, override: Optional[str]) -> str:
     return "normalized_score" if have("normalized_score") else "episodic_return"
 
 
+def script_defaults(script: str) -> dict:
+    """The flag defaults of a script next to plot.py, as args.json writes them ({} for a script that is not here).
+    A run folder written before a flag existed lacks it; it ran as that flag's default (each new flag defaults to the
+    behaviour before it), so the default fills it in and such a run groups with the runs that pass the default."""
+    try:
+        return json.loads(json.dumps(dataclasses.asdict(importlib.import_module(script).Args())))
+    except (ImportError, AttributeError, TypeError):
+        return {}
+
+
 def group_series(runs: list, override: Optional[str]) -> tuple:
     """-> series {(task, method): {seed: {step: value}}} and the metric of each task. The method is the script, plus
     the flags that differ between that script's groups on the task (the seed and BOOKKEEPING aside)."""
@@ -94,7 +106,8 @@ def group_series(runs: list, override: Optional[str]) -> tuple:
     series, metrics = defaultdict(lambda: defaultdict(dict)), {}
     for task, task_runs in by_task.items():
         metric = metrics[task] = task_metric(task_runs, override)
-        flags = {id(r): {k: v for k, v in r["args"].items() if k not in BOOKKEEPING} for r in task_runs}
+        flags = {id(r): {k: v for k, v in {**script_defaults(r["args"]["script"]), **r["args"]}.items()
+                         if k not in BOOKKEEPING} for r in task_runs}
         for script in sorted({r["args"]["script"] for r in task_runs}):
             mine = [r for r in task_runs if r["args"]["script"] == script]
             varying = sorted(k for k in set().union(*(flags[id(r)] for r in mine))

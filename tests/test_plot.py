@@ -123,3 +123,17 @@ def test_a_real_run_folder_is_read(tmp_path):
         "bandit-4gaussian", "fql", "episodic_return", 1, "20")
     assert row["mean"] == pytest.approx(np.mean(returns[-3:]))
     assert (tmp_path / "fig" / "bandit-4gaussian.png").stat().st_size > 0
+
+
+def test_a_run_from_before_a_flag_existed_groups_with_the_runs_at_its_default(tmp_path):
+    root = tmp_path / "runs"
+    steps = [1, 10, 20]
+    write_run(root, "old", fql, rows(steps, success_rate=[0, .2, .4]), env_id=CUBE, seed=0)
+    old = json.loads((root / "old" / "args.json").read_text())
+    del old["precision"]  # args.json written before --precision existed
+    (root / "old" / "args.json").write_text(json.dumps(old))
+    write_run(root, "new", fql, rows(steps, success_rate=[0, .4, .6]), env_id=CUBE, seed=1, precision="fp32")
+    write_run(root, "bf16", fql, rows(steps, success_rate=[0, .1, .1]), env_id=CUBE, seed=0, precision="bf16")
+    series, _ = plot.group_series(plot.read_runs((str(root),)), None)
+    assert {m: sorted(s) for (_, m), s in series.items()} == {"fql --precision fp32": [0, 1],
+                                                                "fql --precision bf16": [0]}
