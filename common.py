@@ -705,7 +705,7 @@ def start_run(args, script: str) -> tuple:
             except OSError as e:
                 raise UsageError(f"--runs-dir {args.runs_dir}: cannot make a run folder there ({e.strerror})") from None
     if not (args.resume and (run_dir / "args.json").exists()):  # a resume keeps the flags the run started with
-        (run_dir / "args.json").write_text(json.dumps({"script": script, **asdict(args)}, indent=2))
+        (run_dir / "args.json").write_text(json.dumps({"script": script, **asdict(args), "run": provenance()}, indent=2))
     if args.track:
         import wandb
 
@@ -715,6 +715,22 @@ def start_run(args, script: str) -> tuple:
     table = "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
     return run_dir, writer
+
+
+def provenance() -> dict:
+    """What a run folder needs to say where its numbers came from: the git commit of the code (and whether the work
+    tree had uncommitted changes), the command line, torch's version, the device and torch's thread count."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    git = lambda *cmd: subprocess.run(["git", "-C", here, *cmd], capture_output=True, text=True).stdout.strip()  # noqa
+    try:
+        commit, dirty = git("rev-parse", "HEAD") or None, bool(git("status", "--porcelain", "--untracked-files=no"))
+    except OSError:  # no git on this machine
+        commit, dirty = None, None
+    return {"commit": commit, "dirty": dirty, "command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
+            "device": str(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"),
+            "threads": torch.get_num_threads()}
 
 
 def progress(first: int, steps: int):
