@@ -26,9 +26,9 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 import torch.nn as nn
-import tyro
 
 import common
+import plumbing
 
 MODES = {"eager": ("fp32", False), "bf16": ("bf16", False), "compile": ("fp32", True), "compile-bf16": ("bf16", True)}
 
@@ -106,7 +106,7 @@ def setup(mod, args: Args, device: torch.device, precision: str, compile: bool) 
     nets = mod.make_nets(margs, args.obs_dim, args.action_dim).to(device)
     opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=margs.lr, fused=compile or None)
     if compile:
-        return margs, nets, opt, common.compiled(mod.losses, device), common.compiled(mod.act, device)
+        return margs, nets, opt, plumbing.compiled(mod.losses, device), plumbing.compiled(mod.act, device)
     return margs, nets, opt, mod.losses, mod.act
 
 
@@ -119,12 +119,12 @@ def bench(name: str, args: Args, device: torch.device, data: common.Dataset) -> 
         torch._dynamo.reset()
         margs, nets, opt, loss_fn, policy = setup(mod, args, device, precision, compile)
         if mode == "eager":
-            row["nfe"] = count_forward_evaluations(nets, lambda: mod.act(nets, obs1))
-            row["per_call"] = mod.act(nets, obs1).shape[-1] // args.action_dim  # > 1 for action chunks (QAM)
+            row["nfe"] = count_forward_evaluations(nets, lambda: mod.act(nets, obs1, margs))
+            row["per_call"] = mod.act(nets, obs1, margs).shape[-1] // args.action_dim  # > 1 for action chunks (QAM)
             row["params_m"] = sum(p.numel() for p in nets.parameters() if p.requires_grad) / 1e6
         if mode in ("eager", "compile"):
-            row[f"ms_b1_{mode}"] = ms_per_call(lambda: policy(nets, obs1), args.act_calls, device)
-            row[f"ms_b50_{mode}"] = ms_per_call(lambda: policy(nets, obs50), args.act_calls, device)
+            row[f"ms_b1_{mode}"] = ms_per_call(lambda: policy(nets, obs1, margs), args.act_calls, device)
+            row[f"ms_b50_{mode}"] = ms_per_call(lambda: policy(nets, obs50, margs), args.act_calls, device)
         t = time.perf_counter()
         mod.update(nets, opt, sample(data, margs), margs, loss_fn=loss_fn)  # compiles under --compile
         sync(device)
@@ -146,10 +146,20 @@ def fmt(row: dict, key: str, spec: str) -> str:
     return format(row[key], spec) if key in row else "-"
 
 
+# allowed ranges, checked before any work (plumbing.check_args)
+LIMITS = dict(steps="[1, inf)", act_calls="[1, inf)", obs_dim="[1, inf)", action_dim="[1, inf)", threads="[1, inf)",
+              seed="[0, 4294967295]")
+SCRIPTS = ("fql", "driftql", "dfp", "qam", "deflow")
+
+
 def main(args: Args) -> list:
+    plumbing.check_args(args, LIMITS)
+    unknown = [a for a in args.algos if a not in SCRIPTS]
+    if unknown:
+        raise common.UsageError(f"--algos {' '.join(unknown)}: not a script here; choose from {' '.join(SCRIPTS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = common.get_device(args.device)
+    device = plumbing.get_device(args.device)
     cpu = f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else f", {torch.cuda.get_device_name()}"
     print(f"torch {torch.__version__}, device {device}{cpu}; synthetic data obs {args.obs_dim}, action "
           f"{args.action_dim}; networks at each script's defaults (4 x 512)")
@@ -173,4 +183,4 @@ def main(args: Args) -> list:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    plumbing.cli(main, Args)

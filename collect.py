@@ -33,7 +33,7 @@ Deviations from the official scripts:
   * Random actions are drawn with `np.random.uniform(-1, 1)` instead of `env.action_space.sample()`
     (same distribution, but from the seeded RNG). pointmaze accepts `--p-random-action` too
     (officially always 0).
-  * Both files carry a `stamp` (a hash of the settings) that common.load_task compares, so a train file is never
+  * Both files carry a `stamp` (a hash of the settings) that common.load_task (loaders.py) compares, so a train file is never
     trained on beside a -val file from another collection; the pair is written to temp files and renamed together.
     Stopping the collection (Ctrl-C, SIGTERM) stops the workers and removes their temp files.
   * Different MuJoCo/NumPy versions and seeds: same distribution, not bit-identical to the
@@ -46,6 +46,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import tempfile
 from collections import deque
 from typing import Optional
@@ -82,10 +83,10 @@ class Args:
     workers: int = min(2, os.cpu_count() or 1)
     """Worker processes (the output does not depend on it)."""
     data_dir: Optional[str] = None
-    """Output folder. Default: common.ogbench_data_dir() ($OGBENCH_DATA_DIR or ~/.ogbench/data)."""
+    """Output folder. Default: loaders.ogbench_data_dir() ($OGBENCH_DATA_DIR or ~/.ogbench/data)."""
 
 
-# Allowed range of every numeric flag (interval notation), checked by common.check_args before any work starts.
+# Allowed range of every numeric flag (interval notation), checked by plumbing.check_args before any work starts.
 LIMITS = dict(num_episodes="[1, inf)", num_val_episodes="[1, inf)", max_episode_steps="[2, inf)", noise="[0, inf)",
               p_random_action="[0, 1]", seed="[0, inf)", workers="[1, inf)")
 
@@ -93,8 +94,9 @@ LIMITS = dict(num_episodes="[1, inf)", num_val_episodes="[1, inf)", max_episode_
 def make_config(args: Args) -> dict:
     """Check the flags and the dataset name and fill in the official defaults for every unset flag."""
     import common
+    import plumbing
 
-    common.check_args(args, LIMITS)
+    plumbing.check_args(args, LIMITS)
     name = args.dataset
     stem, _, version = name.rpartition("-")
     env_base, _, kind = stem.rpartition("-")
@@ -304,7 +306,7 @@ def run_workers(cfg, total, n_workers, tmp, tick):
                 tick(msg)
         for proc in procs:
             proc.join()
-    finally:  # also on Ctrl-C or SIGTERM (common.cli turns it into KeyboardInterrupt): no worker outlives the parent
+    finally:  # also on Ctrl-C or SIGTERM (plumbing.cli turns it into KeyboardInterrupt): no worker outlives the parent
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
@@ -319,19 +321,22 @@ def run_workers(cfg, total, n_workers, tmp, tick):
 def main(args: Args) -> dict:
     """Generate the dataset; returns {'train': path, 'val': path}."""
     from tqdm import tqdm
-    import common
+    import loaders
     cfg = make_config(args)
     n, total = cfg["num_episodes"], cfg["num_episodes"] + cfg["num_val_episodes"]
     stamp = np.asarray(hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16])  # the pair's id
-    data_dir = os.path.expanduser(args.data_dir or common.ogbench_data_dir())
+    data_dir = os.path.expanduser(args.data_dir or loaders.ogbench_data_dir())
     os.makedirs(data_dir, exist_ok=True)
     paths = {s: os.path.join(data_dir, cfg["name"] + ("-val" if s == "val" else "") + ".npz") for s in ("train", "val")}
     n_workers = max(1, min(args.workers, total))
     with tempfile.TemporaryDirectory(dir=data_dir, prefix=".collect-") as tmp:
-        with tqdm(total=total, desc=cfg["name"], unit="ep") as bar:
+        # a bar on a terminal; in a log a plain line every 10 % instead of carriage-return updates
+        with tqdm(total=total, desc=cfg["name"], unit="ep", disable=not sys.stderr.isatty()) as bar:
             def tick(n_rejected):
                 rejected.append(n_rejected)
                 bar.update(1)
+                if bar.disable and len(rejected) % max(1, total // 10) == 0:
+                    print(f"{cfg['name']}: {len(rejected)}/{total} episodes", flush=True)
 
             rejected = []
             if n_workers == 1:  # in-process; leave the caller's global RNG as it was
@@ -363,6 +368,6 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    import common
+    import plumbing
 
-    common.cli(main, Args)
+    plumbing.cli(main, Args)

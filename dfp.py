@@ -20,14 +20,15 @@ Deviations from the official code:
   1. PyTorch instead of JAX; Xavier-uniform init, tanh-GELU and LayerNorm eps 1e-6 reproduce the flax defaults.
   2. OGBench evaluation uses the installed ogbench 1.2.2 (manipulation success scored on the pre-action state);
      the official requirements pin ogbench 1.1.2.
-  3. D4RL tasks are read from their Minari re-releases (see common.py and the README, "Data protocol"); DFP reports
+  3. D4RL tasks are read from their Minari re-releases (see loaders.py and the README, "Data protocol"); DFP reports
      no D4RL results, so those commands use untuned defaults and the shared 500K steps (official flag: 1M).
   4. Evaluation runs the episodes side by side in a vector env and also evaluates at the final step; 50 episodes by
      default (the shared protocol; the official flag default is 100, pass --eval-episodes 100).
   5. Validation losses on the OGBench val split are not logged (the official code logs them).
   6. Defaults are the paper's offline RL setting (h = 1, top-K from step 1). The offline-to-online main setting is
      --horizon 5 --topk-start <offline steps> --online-steps N: L_BC alone offline, then at the switch pi_old <- theta
-     and L_BC + lambda L_topK online (spec A8). --topk-start S < offline steps puts the switch inside the offline run.
+     and L_BC + lambda L_topK online (the official switch, which resets pi_old). --topk-start S < offline steps
+     puts the switch inside the offline run.
      Online, the official separate-offline-buffer and offline_batch_ratio options (off by default) are not ported.
   7. The TD target's next action is one sample of f_theta (paper Eq. 1; --q-bon 1); the official YAML takes the best
      of q_bon = 16 samples by the online critic. Evaluation is one sample (App. B.2: best-of-N' disabled); the YAML
@@ -48,14 +49,8 @@ Deviations from the official code:
 Where paper and code differ this file follows the code: the Laplace kernel on batch-mean-normalised distances with
 doubly normalised, cross-weighted, unit-RMS affinities (the paper's Eq. 3 writes a Gaussian mean shift), the
 per-element mean in the loss (Eq. 4 sums over action dims), the unclipped drift target, the EMA from the first step.
-Speed flags. --compile compiles the loss computation (forward and backward) with fullgraph=True, so the step has no
-graph breaks and no host syncs, compiles the policy, and uses a fused Adam; on CUDA the compiled code runs as CUDA
-graphs (mode reduce-overhead). --precision bf16 autocasts the matmuls to bfloat16. Kept in fp32: the parameters,
-gradients, Adam moments and checkpoints (autocast casts copies; bf16 moments would drop small updates), every
-LayerNorm (a variance of 512 values), the losses and TD targets (means over the batch; r + discount * Q keeps
-Q's precision), and the drift field: its pairwise distances are differences of nearby
-actions and its softmax weights exponentials of distances divided by small temperatures, where bf16's 8 bits of
-mantissa would move the field itself.
+Speed flags (--compile, --precision bf16) are the same in all five scripts: README, "Benchmark". Under bf16
+this file keeps the losses, TD targets, LayerNorms and the drift field (distances of nearby actions) in fp32.
 The full list, the commands for every task family and the logged metrics are in docs/dfp.md.
 
     python dfp.py --env-id bandit-4gaussian --actor-hidden-dims 64 64 --value-hidden-dims 64 64 --batch-size 64 \\
@@ -65,7 +60,6 @@ The full list, the commands for every task family and the logged metrics are in 
 """
 import copy
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -74,6 +68,7 @@ import torch
 import torch.nn as nn
 
 import common
+import plumbing
 
 
 @dataclass
@@ -103,7 +98,9 @@ class Args:
     """parent folder of the run folders"""
     resume: Optional[str] = None
     """a checkpoint of this script to continue from (networks, targets, optimizer, step and torch's random streams)
-    with the same flags; the run continues in the checkpoint's folder (its eval.csv and tensorboard log)"""
+    in its own folder, with the same flags: only --offline-steps, --online-steps, --eval-interval, --log-interval,
+    --runs-dir, --device, --compile, --lr and the logging flags may change, and the online flags
+    while the checkpoint is from the offline phase; args.json records each continuation"""
     # --- data and evaluation
     env_id: str = "cube-single-play-singletask-task2-v0"
     """OGBench single-task id, Minari dataset id, D4RL alias (antmaze-large-play-v2) or bandit-4gaussian"""
@@ -151,7 +148,7 @@ class Args:
     """EMA rate tau_EMA of the candidate actor pi_old, updated from step 1 (official: 1e-4)"""
     topk_start: int = 0
     """steps of L_BC alone before L_topK turns on; at the switch pi_old is reset to the actor, as the official
-    offline-to-online switch does (spec A8; 0 = top-K from step 1, the paper's offline setting)"""
+    offline-to-online switch does (0 = top-K from step 1, the paper's offline setting)"""
     q_bon: int = 1
     """next actions a' drawn for the TD target, the best by the online critic kept (paper Eq. 1: 1; official: 16)"""
     eval_bon: int = 1
@@ -170,9 +167,9 @@ class Args:
     """online updates begin at this online env step; the steps before only collect (official: 5K)"""
 
 
-# Allowed range of every numeric flag of this script (interval notation; the shared flags are in common.py),
-# checked by common.check_args before any work starts.
-LIMITS = dict(common.TRAIN_LIMITS, alpha_pos="[0, inf)", drift_temps="(0, inf)", gen_per_label="[1, inf)",
+# Allowed range of every numeric flag of this script (interval notation; the shared flags are in plumbing.py),
+# checked by plumbing.check_args before any work starts.
+LIMITS = dict(plumbing.TRAIN_LIMITS, alpha_pos="[0, inf)", drift_temps="(0, inf)", gen_per_label="[1, inf)",
               online_n_samples="[1, inf)", online_pos_samples="[1, online_n_samples]", actor_ema_tau="[0, 1]",
               topk_start="[0, inf)", q_bon="[1, inf)", eval_bon="[1, inf)", horizon="[1, inf)")
 
@@ -203,33 +200,17 @@ class Critic(nn.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, hidden: tuple, layer_norm: bool, num_qs: int = 2):
         super().__init__()
-        tensors = self.stack([mlp(obs_dim + action_dim, hidden, 1, layer_norm) for _ in range(num_qs)])
-        for name in ("weights", "biases", "norm_weights", "norm_biases"):  # layer l is the entry `<name>.<l>`
-            setattr(self, name, nn.ParameterList(
-                [nn.Parameter(tensors[f"{name}.{l}"]) for l in range(len(hidden) + 1) if f"{name}.{l}" in tensors]))
+        members = [mlp(obs_dim + action_dim, hidden, 1, layer_norm) for _ in range(num_qs)]
+        linears = [[m for m in q if isinstance(m, nn.Linear)] for q in members]
+        norms = [[m for m in q if isinstance(m, nn.LayerNorm)] for q in members]
 
-    @staticmethod
-    def stack(members: list) -> dict:
-        """Per-member nn.Sequential mlps -> this class's tensors: weights.l [num_qs, in, out], biases.l
-        [num_qs, 1, out], norm_weights.l and norm_biases.l [num_qs, 1, h]."""
-        out = {}
-        for kind, names in ((nn.Linear, ("weights", "biases")), (nn.LayerNorm, ("norm_weights", "norm_biases"))):
-            layers = [[m for m in q if isinstance(m, kind)] for q in members]
-            for l in range(len(layers[0])):
-                w = [q[l].weight.detach() for q in layers]
-                out[f"{names[0]}.{l}"] = torch.stack([x.T if kind is nn.Linear else x[None] for x in w])
-                out[f"{names[1]}.{l}"] = torch.stack([q[l].bias.detach()[None] for q in layers])
-        return out
-
-    def _load_from_state_dict(self, state_dict, prefix, *args):
-        # checkpoints written before the batched ensemble hold one nn.Sequential per member (keys qs.<j>.<i>.*)
-        old = [k for k in state_dict if k.startswith(prefix + "qs.")]
-        if old:
-            dims, ln = [w.shape[1] for w in self.weights] + [1], len(self.norm_weights) > 0
-            members = nn.ModuleList([mlp(dims[0], tuple(dims[1:-1]), 1, ln) for _ in self.weights[0]])
-            members.load_state_dict({k[len(prefix) + 3:]: state_dict.pop(k) for k in old})
-            state_dict.update({prefix + k: v for k, v in self.stack(list(members)).items()})
-        super()._load_from_state_dict(state_dict, prefix, *args)
+        def stack(layers, name, f):  # entry l of the list: layer l of every member, stacked
+            return nn.ParameterList([nn.Parameter(torch.stack([f(getattr(q[l], name).detach()) for q in layers]))
+                                     for l in range(len(layers[0]))])
+        self.weights = stack(linears, "weight", lambda w: w.T)  # [num_qs, in, out]
+        self.biases = stack(linears, "bias", lambda b: b[None])  # [num_qs, 1, out]
+        self.norm_weights = stack(norms, "weight", lambda w: w[None])  # [num_qs, 1, h]
+        self.norm_biases = stack(norms, "bias", lambda b: b[None])  # [num_qs, 1, h]
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, action], -1)
@@ -384,7 +365,7 @@ def best_of_n(actor: Generator, critic: Critic, obs: torch.Tensor, n: int, q_agg
     return actions[torch.arange(obs.shape[0], device=obs.device), best]
 
 
-def losses(nets: nn.ModuleDict, batch: dict, args: Args, topk_on: bool = True) -> dict:
+def losses(nets: nn.ModuleDict, batch: dict, args: Args, *, topk_on: bool = True) -> dict:
     """Every DFP loss term of one step (still attached to the graph) and its diagnostics, from one snapshot.
     topk_on=False weights L_topK by 0 (the --topk-start warm-up); it is still computed for its diagnostics."""
     obs, actions = batch["observations"], batch["actions"].flatten(1)  # chunks [B, h, A] -> [B, h*A]
@@ -422,12 +403,12 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args, topk_on: bool = True) -
                 cand_q=cand_q.mean(), topk_q=topk_q.mean(), q=q_gen, mse=mse)
 
 
-def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args,
-           topk_on: bool = True, loss_fn=losses) -> dict:
+def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args, loss_fn=losses,
+           **phase) -> dict:
     """One Adam step on critic + actor losses; the target critic and the EMA actor move from the pre-update
     parameters, as in the official code."""
-    with common.autocast(args.precision, batch["observations"].device):  # loss_fn: losses, or compiled
-        out = loss_fn(nets, batch, args, topk_on)
+    with plumbing.autocast(args.precision, batch["observations"].device):  # loss_fn: losses, or compiled
+        out = loss_fn(nets, batch, args, **phase)
     total = out["critic_loss"] + out["actor_loss"]
     opt.zero_grad(set_to_none=True)
     total.backward()
@@ -438,74 +419,57 @@ def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: A
 
 
 @torch.no_grad()
-def act(nets: nn.ModuleDict, obs: torch.Tensor, eval_bon: int = 1, q_agg: str = "mean") -> torch.Tensor:
+def act(nets: nn.ModuleDict, obs: torch.Tensor, args: Args) -> torch.Tensor:
     """Evaluation policy of the offline setting (App. B.2): ONE generator forward pass with fresh noise, clipped.
-    eval_bon > 1 executes the best of eval_bon samples by the online critic, as the official YAML (and its online
+    --eval-bon > 1 executes the best of that many samples by the online critic, as the official YAML (and its online
     acting). Returns whole chunks [B, h*A]; common.chunked_policy / common.Collector run them open-loop."""
-    return best_of_n(nets["actor_drift"], nets["critic"], obs, eval_bon, q_agg)
+    return best_of_n(nets["actor_drift"], nets["critic"], obs, args.eval_bon, args.q_agg)
 
 
 def make_policy(nets: nn.ModuleDict, args: Args):
     """The evaluation policy as a callable, observations [B, D] -> actions [B, A]; main's evaluation and
-    common.load_policy both use it. With --eval-bon > 1, the best of that many samples by the critic. With
+    runfiles.load_policy both use it. With --eval-bon > 1, the best of that many samples by the critic. With
     --horizon h > 1 the chunk is executed open-loop: every h-th call plans a chunk for the batch, the other calls
     return its next action without looking at the observations; a new batch of episodes needs `policy.reset()`."""
-    return common.chunked_policy(lambda obs: act(nets, obs, args.eval_bon, args.q_agg), args.horizon)
+    return common.chunked_policy(lambda obs: act(nets, obs, args), args.horizon)
 
 
 # ---------------------------------------------------------------------------------------------------- training loop
 def main(args: Args) -> dict:
-    common.check_args(args, LIMITS)
-    common.seed_everything(args.seed, args.torch_deterministic)
-    device = common.get_device(args.device)
+    # TRY NOT TO MODIFY: flags, seeds and device; the data; the step budget
+    device = plumbing.setup(args, LIMITS)
     task = common.load_task(args.env_id, device)
-    common.check_horizon(task.train, args.horizon, task.env_id)
     steps = common.default_offline_steps(task.env_id) if args.offline_steps is None else args.offline_steps
-    online = common.Collector(task, args.online_steps, args.buffer_size, args.seed, None,
+    # ALGO LOGIC: the replay for the online phase, the networks and their optimizer
+    common.check_horizon(task.train, args.horizon, task.env_id)
+    online = common.Collector(task, args.online_steps, args.buffer_size, args.seed,
                               horizon=args.horizon) if args.online_steps else None
-    total = steps + args.online_steps  # the step axis counts offline gradient steps, then online env steps
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
     opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr, fused=args.compile or None)
-    loss_fn, policy = losses, act
-    if args.compile:  # fullgraph: no graph breaks and no host syncs inside the step; CUDA graphs on CUDA
-        loss_fn, policy = common.compiled(losses, device), common.compiled(act, device)
-    first = (common.resume(args.resume, Path(__file__).stem, nets, opt, device, online, args.env_id, total) + 1
-             if args.resume else 1)
-    run_dir, writer = common.start_run(args, Path(__file__).stem)  # only now: a run that fails earlier leaves none
-    if online is not None:
-        online.writer = writer  # the online episode statistics go to this run's tensorboard
-    print(f"{task.env_id}: {task.train.size} transitions, {steps} steps, run folder {run_dir}")
-    ckpt_path = run_dir / f"{args.exp_name}.pt"
-    bad_step = torch.full((), -1, device=device)  # first step with a non-finite loss, kept on the device
-    result, t0, bar = {}, time.time(), common.progress(first, total)
-    for step in range(first, total + 1):
+    # TRY NOT TO MODIFY: --compile; --resume, the run folder, logs and checkpoints
+    loss_fn, policy = (plumbing.compiled(losses, device), plumbing.compiled(act, device)) if args.compile \
+        else (losses, act)
+    run = plumbing.Run(args, __file__, nets, opt, task, online, steps)
+    result = {}
+    for step in range(run.first, run.total + 1):
+        # ALGO LOGIC: one step; offline a gradient step, online first one env step of the deployed policy
+        metrics = episode = None
         if (args.topk_start and step == args.topk_start + 1) or step == steps + 1:  # the switch: pi_old <- theta
             nets["actor_drift_ema"].load_state_dict(nets["actor_drift"].state_dict())
-        if step > steps:  # online: one env step of the deployed policy, its chunk executed open-loop (one call per h)
-            online.step(lambda o: policy(nets, o, args.eval_bon, args.q_agg), step)
-        updated = step <= steps or online.steps >= args.start_training
-        if updated:
+        if step > steps:  # its chunk executed open-loop (one policy call per h env steps), every step stored
+            episode = online.step(lambda o: policy(nets, o, args), step)
+        if step <= steps or online.steps >= args.start_training:
             batch = task.train.sample_chunks(args.batch_size, args.horizon, args.discount) if args.horizon > 1 \
                 else task.train.sample(args.batch_size)
-            metrics = update(nets, opt, batch, args, step > args.topk_start, loss_fn=loss_fn)
-            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step, bad_step)
-        bar.update()
-        if updated and (step % args.log_interval == 0 or step == total):
-            common.check_finite(bad_step, ckpt_path)
-            common.log_train(writer, bar, metrics, step, first, t0)
-        if step == 1 or step % args.eval_interval == 0 or step == steps or step == total:
-            common.check_finite(bad_step, ckpt_path)
-            result = common.evaluate(make_policy(nets, args), task, args.eval_episodes, args.seed + step,
-                                     png_path=str(run_dir / f"bandit_{step}.png"))
-            result = common.log_scalars(writer, "eval", result, step)
-            common.append_csv(run_dir / "eval.csv", step, result)
-            common.log_eval(bar, step, result)
-            if args.save_model:
-                common.save_checkpoint(ckpt_path, Path(__file__).stem, step, args, nets, opt, task, online)
-    bar.close()
-    writer.close()
+            metrics = update(nets, opt, batch, args, loss_fn=loss_fn, topk_on=step > args.topk_start)
+        # TRY NOT TO MODIFY: NaN watch, progress and logs; evaluation, eval.csv and checkpoint
+        run.log(step, metrics, episode)
+        if run.eval_due(step):
+            result = common.evaluate(make_policy(nets, args), task, args.eval_episodes, args.seed + step, run.png(step))
+            result = run.record_eval(step, result)
+    run.close()
     return result
 
 
 if __name__ == "__main__":
-    common.cli(main, Args)
+    plumbing.cli(main, Args)

@@ -49,7 +49,8 @@ class Args:
 
 
 # flags that do not change what a run trains or measures: set aside when runs are grouped
-BOOKKEEPING = {"script", "run", "env_id", "seed", "exp_name", "runs_dir", "resume", "device", "torch_deterministic", "track",
+BOOKKEEPING = {"script", "run", "env_id", "seed", "exp_name", "runs_dir", "resume", "device", "torch_deterministic",
+               "track",
                "wandb_project_name", "wandb_entity", "save_model", "log_interval", "eval_interval", "offline_steps",
                "eval_bc_flow"}
 
@@ -64,10 +65,22 @@ def read_runs(folders: tuple) -> list:
         for f in sorted(Path(folder).rglob("eval.csv")):
             if not (f.parent / "args.json").exists():
                 continue
-            rows = list(csv.DictReader(open(f)))
-            if rows:
-                cols = {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
-                runs.append(dict(dir=f.parent, args=json.loads((f.parent / "args.json").read_text()), cols=cols))
+            try:
+                rows = list(csv.DictReader(open(f, newline="")))
+                number = lambda v: float(v) if v not in ("", None) else np.nan  # noqa: E731
+                cols = {k: np.array([number(r[k]) for r in rows]) for k in rows[0]} if rows else {}
+            except (UnicodeDecodeError, csv.Error, ValueError, TypeError) as e:
+                raise SystemExit(f"error: {f} is not an eval.csv of numbers ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:80]}); remove it or the run folder") from None
+            if "step" not in cols:  # empty, or a header only: a run that has not evaluated yet
+                print(f"note: skipped {f}: no evaluation rows yet")
+                continue
+            try:
+                flags = json.loads((f.parent / "args.json").read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise SystemExit(f"error: {f.parent / 'args.json'} is not JSON ({type(e).__name__}); restore it from "
+                                 "the run's command or remove the run folder") from None
+            runs.append(dict(dir=f.parent, args=flags, cols=cols))
     if not runs:
         raise SystemExit(f"error: no run folder (eval.csv next to args.json) under {', '.join(folders)}")
     return runs
@@ -154,8 +167,10 @@ def stratified_bootstrap_ci(per_task: list, rng: np.random.Generator, resamples:
 
 
 def final_score(by_step: dict, last: int) -> float:
-    """Mean of the last `last` evaluations of one seed."""
-    return float(np.mean([by_step[s] for s in sorted(by_step)[-last:]]))
+    """Mean of the last `last` evaluations of one seed after its start: the step-1 evaluation (the untrained policy)
+    never counts. NaN for a run with no evaluation after step 1."""
+    after = [s for s in sorted(by_step) if s > 1][-last:]
+    return float(np.mean([by_step[s] for s in after])) if after else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------------- figures
@@ -169,7 +184,7 @@ def plot_task(path: Path, task: str, metric: str, curves: dict, rng, resamples: 
         vals = [np.array([s[t] for s in seeds.values() if t in s]) for t in steps]
         mean = np.array([v.mean() for v in vals])
         band = np.array([bootstrap_ci(v, rng, resamples) for v in vals])
-        (line,) = ax.plot(steps, mean, label=f"{method} ({len(seeds)} seeds)")
+        (line,) = ax.plot(steps, mean, label=f"{method} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
         ax.fill_between(steps, band[:, 0], band[:, 1], color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set(title=task, xlabel="gradient step", ylabel=metric)
     ax.grid(alpha=0.3)
@@ -205,15 +220,27 @@ def main(args: Args) -> dict:
     matplotlib.use("Agg")  # files only, no display needed
     if args.last < 1:
         raise SystemExit(f"error: --last {args.last}: the final score needs at least 1 evaluation")
+    if args.resamples < 1:
+        raise SystemExit(f"error: --resamples {args.resamples}: the bootstrap needs at least 1 resample")
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-test").touch()
+        (out / ".write-test").unlink()
+    except OSError as e:
+        raise SystemExit(f"error: --out {out} cannot be written ({e.strerror}); pass a folder you can write") from None
     rng = np.random.default_rng(args.seed)
     series, metrics = group_series(read_runs(args.folders), args.metric)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     table = []
     for task in sorted(metrics):
         curves = {m: seeds for (t, m), seeds in sorted(series.items()) if t == task}
         plot_task(out / f"{task.replace('/', '-')}.png", task, metrics[task], curves, rng, args.resamples)
         for method, seeds in curves.items():
+            counts = {seed: sum(t > 1 for t in s) for seed, s in sorted(seeds.items())}  # evaluations after step 1
+            short = {seed: n for seed, n in counts.items() if n < args.last}
+            if short:
+                print(f"note: {task}, {method}: fewer than --last {args.last} evaluations after step 1 for seed(s) "
+                      + ", ".join(f"{seed} ({n})" for seed, n in short.items()) + "; their score uses what there is")
             finals = np.array([final_score(s, args.last) for _, s in sorted(seeds.items())])
             last_steps = sorted({max(s) for s in seeds.values()})
             table.append(dict(task=task, method=method, metric=metrics[task], mean=float(finals.mean()),
@@ -226,10 +253,12 @@ def main(args: Args) -> dict:
                               runs=sum(map(len, per_task)), ci=stratified_bootstrap_ci(per_task, rng, args.resamples)))
     plot_aggregate(out / "aggregate.png", aggregate, {r["metric"] for r in table}, len(metrics))
     fmt = lambda x: "–" if np.isnan(x) else f"{x:.3f}"  # noqa: E731
-    lines = [f"| task | method | metric | final score (mean of the last {args.last} evaluations) | 95 % CI | seeds | "
-             "steps |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['method']} | {r['metric']} | {fmt(r['mean'])} | "
-              f"[{fmt(r['ci'][0])}, {fmt(r['ci'][1])}] | {r['seeds']} | {r['steps']} |" for r in table]
+    spread = lambda r: f"[{fmt(r['ci'][0])}, {fmt(r['ci'][1])}]" if r["seeds"] >= 3 else \
+        "runs: " + ", ".join(map(fmt, r["finals"]))  # noqa: E731  (no interval from fewer than 3 seeds)
+    lines = [f"| task | method | metric | final score (mean of the last {args.last} evaluations after step 1) | "
+             "95 % CI (3+ seeds), else the runs | seeds | steps |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['method']} | {r['metric']} | {fmt(r['mean'])} | {spread(r)} | {r['seeds']} | "
+              f"{r['steps']} |" for r in table]
     text = "\n".join(lines)
     (out / "final_scores.md").write_text(text + "\n")
     print(text)

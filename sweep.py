@@ -32,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import redirect_stderr
 from dataclasses import dataclass
@@ -393,8 +394,35 @@ def main(args: Args) -> dict:
     return run_here(executor, todo, args.parallel or 1)
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signum)
+
+
+def submit_quietly(executor, run, log: Path):
+    """executor.submit with this process's stdout and stderr pointed at `log` while submitit starts the job: its
+    local controller inherits them, so what it prints when stopped (a traceback on Ctrl-C) goes to the log, not to
+    the terminal."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(log, "a") as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            return executor.submit(run)
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
 def run_here(executor, todo: list, parallel: int) -> dict:
-    """Runs `parallel` jobs at once on this machine until all are finished; Ctrl-C stops them (a relaunch resumes)."""
+    """Runs `parallel` jobs at once on this machine until all are finished. Ctrl-C or SIGTERM stops every run it
+    started and waits for them to end (each stops its script, which keeps its last checkpoint: a relaunch resumes)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     for r in todo:
         r.visible_gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         write_json(Path(r.folder) / "job.json", cluster="local", host=socket.gethostname(), launcher_pid=os.getpid())
@@ -403,8 +431,9 @@ def run_here(executor, todo: list, parallel: int) -> dict:
         while pending or active:
             while pending and len(active) < parallel:
                 run = pending.pop(0)
-                active[executor.submit(run)] = run
-                print(f"started  {Path(run.folder).name}")
+                active[submit_quietly(executor, run, Path(executor.folder).parent / "controllers.log")] = run
+                flags = " ".join(run.argv[4:])  # after --env-id E --seed S: the flags the folder's hash stands for
+                print(f"started  {Path(run.folder).name}" + (f"  ({flags})" if flags else ""))
             time.sleep(0.2)
             for job in [j for j in active if j.done()]:
                 run = active.pop(job)
@@ -412,11 +441,22 @@ def run_here(executor, todo: list, parallel: int) -> dict:
                 state, detail = ("done", "") if state == "done" else ("failed", detail or "the job died")
                 out[state] += 1
                 print(f"{state:8} {Path(run.folder).name}" + (f": {detail}" if detail else ""))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for job in active:
-            job.cancel()
-        print(f"stopped {len(active)} runs; relaunch the same command to resume them")
-        raise SystemExit(130)
+            job.cancel()  # SIGINT to the job: it stops its script (SIGTERM, then SIGKILL after 60 s) and ends
+        deadline = time.time() + 90
+        while any(not job.done() for job in active) and time.time() < deadline:
+            time.sleep(0.2)
+        for job in active:  # a job that did not end in time
+            proc = getattr(job, "_process", None)
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+        signum = e.args[0] if e.args else signal.SIGINT
+        print(f"stopped by {signal.Signals(signum).name}: {len(active)} runs stopped; relaunch the same command to "
+              "resume them", file=sys.stderr)
+        raise SystemExit(128 + signum)
     print(f"{out['done']} done, {out['failed']} failed")
     return out
 

@@ -1,6 +1,8 @@
 """Shared fixtures: tiny OGBench datasets regenerated with collect.py into a temp data folder."""
 import glob
+import importlib
 import os
+import signal
 import sys
 
 import pytest
@@ -11,6 +13,7 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download: a missing Minari dataset fails at once, no retries
 
 import collect  # noqa: E402
+import plumbing  # noqa: E402
 
 # Tiny networks gain nothing from intra-op threads, and OpenMP spin-waiting on a busy core makes a 32-unit
 # matmul take milliseconds: one thread keeps the suite fast on a shared 2-core machine.
@@ -35,6 +38,40 @@ def ogbench_dir(tmp_path_factory):
         os.environ.pop("OGBENCH_DATA_DIR")
     else:
         os.environ["OGBENCH_DATA_DIR"] = old
+
+
+# ---------------------------------------------------------------------------------------------------- unit-test inputs
+D, A, B = 5, 3, 16  # observation size, action size and batch of the unit tests
+
+
+def small_args(module, **kw):
+    """A script's Args with 32x32 networks (keywords override)."""
+    return module.Args(**{**dict(actor_hidden_dims=(32, 32), value_hidden_dims=(32, 32)), **kw})
+
+
+def random_batch(seed=0, b=B, d=D, a=A):
+    """A batch of b random transitions in the form `Dataset.sample` returns, actions in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    return dict(observations=torch.randn(b, d, generator=g), actions=torch.rand(b, a, generator=g) * 2 - 1,
+                rewards=-torch.rand(b, generator=g), next_observations=torch.randn(b, d, generator=g),
+                masks=(torch.rand(b, generator=g) > 0.3).float(), terminals=torch.zeros(b))
+
+
+def seeded_nets(module, args, seed=0, d=D, a=A):
+    """module.make_nets(args, d, a) under torch.manual_seed(seed)."""
+    torch.manual_seed(seed)
+    return module.make_nets(args, d, a)
+
+
+TINY = dict(env_id="bandit-4gaussian", actor_hidden_dims=(8,), value_hidden_dims=(8,), batch_size=16, eval_interval=2,
+            device="cpu")
+
+
+def tiny_args(module, **kw):
+    """Tiny networks on the bandit, for end-to-end runs of main(); QAM with h = 1 (the bandit's episodes are one
+    step long), two critics and two Euler steps."""
+    extra = dict(horizon=1, num_qs=2, flow_steps=2) if module.__name__ == "qam" else {}
+    return module.Args(**{**TINY, **extra, **kw})
 
 
 def grads_of(loss, nets):
@@ -63,3 +100,26 @@ def assert_batched_critic(critic, num_qs, in_dim, hidden=(512, 512, 512, 512)):
     assert all(torch.equal(w, torch.ones_like(w)) for w in critic.norm_weights)
     for w, (i, o) in zip(critic.weights, zip(dims[:-1], dims[1:])):
         assert float(w.abs().max()) <= (6 / (i + o)) ** 0.5 * (1 + 1e-6) and not torch.equal(w[0], w[1])
+
+
+# ---------------------------------------------------------------------------------------------------- entry point
+def cli(script, argv, capsys, monkeypatch):
+    """Runs `python <script>.py <argv>` in-process; returns (exit code, stderr lines)."""
+    mod = importlib.import_module(script)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])
+    monkeypatch.delenv(plumbing.TRACEBACK_VAR, raising=False)
+    old, code = signal.getsignal(signal.SIGTERM), 0
+    try:
+        plumbing.cli(mod.main, mod.Args)
+    except SystemExit as e:
+        code = e.code
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    return code, capsys.readouterr().err.splitlines()
+
+
+def assert_one_line(code, err, *names):
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    for name in names:
+        assert name in err[0], (name, err[0])
+    assert "Traceback" not in err[0] and "allow_pickle" not in err[0]

@@ -38,6 +38,7 @@ def assert_same(a, b):
         assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which, ob_dim, qpos_dim", [("cube", 28, None), ("maze", 2, 2)])
 def test_keys_dtypes_shapes(which, ob_dim, qpos_dim, request):
     out, data = request.getfixturevalue(which)
@@ -71,6 +72,7 @@ def test_episode_seeding_independent_of_split(tmp_path_factory, maze):
     assert data["train"]["stamp"] == data["val"]["stamp"] != maze[1]["train"]["stamp"]
 
 
+@pytest.mark.slow
 def test_deterministic_and_independent_of_workers(tmp_path_factory, cube, maze):
     _, again = run(tmp_path_factory, "cube-single-play-v0", workers=1)
     for s in ("train", "val"):
@@ -80,12 +82,14 @@ def test_deterministic_and_independent_of_workers(tmp_path_factory, cube, maze):
         assert_same(maze[1][s], again[s])
 
 
+@pytest.mark.slow
 def test_different_seed_differs(tmp_path_factory, cube):
     _, other = run(tmp_path_factory, "cube-single-play-v0", seed=1)
     for k in ("observations", "actions", "qpos"):
         assert not np.allclose(cube[1]["train"][k], other["train"][k])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which, task", [("cube", 2), ("maze", 3)])
 def test_loads_with_ogbench(which, task, request):
     out, data = request.getfixturevalue(which)
@@ -105,6 +109,7 @@ def actions(tmp_path_factory, name, **kw):
     return d["train"]["actions"].astype(np.float64)
 
 
+@pytest.mark.slow
 def test_random_action_corruption_cube(tmp_path_factory):
     oracle = actions(tmp_path_factory, "cube-single-play-v0", p_random_action=0.0)
     rand = actions(tmp_path_factory, "cube-single-play-v0", p_random_action=1.0)

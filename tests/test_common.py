@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import common
+import plumbing
 from conftest import CUBE_ID, MAZE_ID
 
 CPU = torch.device("cpu")
@@ -36,6 +37,7 @@ def test_ogbench_pointmaze_masks_are_zero_exactly_where_solved(ogbench_dir):
     assert task.max_episode_steps == 1000
 
 
+@pytest.mark.slow
 def test_ogbench_cube_masks_and_val_split(ogbench_dir):
     task = common.load_task(CUBE_ID, CPU)
     raw = raw_kept_rows(os.path.join(ogbench_dir, "cube-single-play-v0.npz"))
@@ -254,7 +256,7 @@ def test_bandit_rotations_turn_the_peaks_and_keep_the_centres(tmp_path):
 def test_device_auto_is_loud_and_cuda_raises(capsys):
     if torch.cuda.is_available():
         pytest.skip("machine has a GPU")
-    assert common.get_device("auto").type == "cpu"
+    assert plumbing.get_device("auto").type == "cpu"
     assert "NO GPU FOUND" in capsys.readouterr().out
     with pytest.raises(common.UsageError, match="--device cpu"):
-        common.get_device("cuda")
+        plumbing.get_device("cuda")

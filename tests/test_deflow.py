@@ -1,33 +1,21 @@
 """DeFlow: the action box, the Euler sampler, the gradient routing and the multiplier of the official code, the
-constraint on a linear-Q toy, and an end-to-end run on regenerated data (specs/deflow.md §7)."""
+constraint on a linear-Q toy, and an end-to-end run on regenerated data."""
 import csv
+import functools
 import glob
 import math
 
 import pytest
 import torch
 
-import common
+import conftest
 import deflow
-from conftest import MAZE_ID, run_dir_of
+import runfiles
+from conftest import A, B, D, MAZE_ID, run_dir_of
 
-D, A, B = 5, 3, 16
-
-
-def small_args(**kw):
-    return deflow.Args(**{**dict(actor_hidden_dims=(32, 32), value_hidden_dims=(32, 32)), **kw})
-
-
-def batch(seed=0, b=B):
-    g = torch.Generator().manual_seed(seed)
-    return dict(observations=torch.randn(b, D, generator=g), actions=torch.rand(b, A, generator=g) * 2 - 1,
-                rewards=-torch.rand(b, generator=g), next_observations=torch.randn(b, D, generator=g),
-                masks=(torch.rand(b, generator=g) > 0.3).float(), terminals=torch.zeros(b))
-
-
-def nets_for(args, seed=0):
-    torch.manual_seed(seed)
-    return deflow.make_nets(args, D, A)
+small_args = functools.partial(conftest.small_args, deflow)
+nets_for = functools.partial(conftest.seeded_nets, deflow)
+batch = conftest.random_batch
 
 
 def losses_at(nets, b, args, seed=3):
@@ -75,7 +63,7 @@ def test_every_action_is_in_the_box_even_with_huge_network_outputs():
     base = deflow.euler_integrate(nets["actor_bc_flow"], obs, torch.randn(64, A), args.flow_steps)
     residual = nets["refine_onestep_flow"](obs, base)
     assert residual.abs().max() > 5  # the residual itself is unbounded: the box comes from the clip only
-    for a in (base, deflow.act(nets, obs), deflow.sample_actions(nets, obs, 3)):
+    for a in (base, deflow.act(nets, obs, args), deflow.sample_actions(nets, obs, 3)):
         assert a.shape == (64, A) and a.abs().max() <= 1.0
         assert (a.abs() == 1.0).any()  # the outputs really were pushed against the box
     recorded = []
@@ -163,12 +151,12 @@ def test_zeroed_last_layer_gives_the_flow_action_bitwise():
     torch.manual_seed(1)
     flow_actions = deflow.act_bc_flow(nets, obs, args.flow_steps)
     torch.manual_seed(1)
-    assert not torch.equal(deflow.act(nets, obs), flow_actions)  # the untrained residual is not zero
+    assert not torch.equal(deflow.act(nets, obs, args), flow_actions)  # the untrained residual is not zero
     with torch.no_grad():
         last_linear(nets["refine_onestep_flow"]).weight.zero_()
         last_linear(nets["refine_onestep_flow"]).bias.zero_()
     torch.manual_seed(1)
-    assert torch.equal(deflow.act(nets, obs), flow_actions)
+    assert torch.equal(deflow.act(nets, obs, args), flow_actions)
 
 
 def test_act_runs_flow_steps_euler_steps_then_one_refinement():
@@ -176,7 +164,7 @@ def test_act_runs_flow_steps_euler_steps_then_one_refinement():
     nets = nets_for(args)
     obs = torch.randn(8, D)
     torch.manual_seed(2)
-    a = deflow.act(nets, obs)
+    a = deflow.act(nets, obs, args)
     torch.manual_seed(2)
     z = torch.randn(8, A)
     base = deflow.euler_integrate(nets["actor_bc_flow"], obs, z, 3)
@@ -290,6 +278,7 @@ class LinearQ(torch.nn.Module):
         return (1 + a @ self.w).expand(2, -1)
 
 
+@pytest.mark.slow
 def test_constraint_reaches_equilibrium_on_the_linear_q_toy():
     """Q = 1 + w . a, a_base = 0: the residual grows along w until D = delta, where the multiplier holds it."""
     torch.manual_seed(0)
@@ -330,10 +319,11 @@ def test_networks_follow_the_official_architecture():
     assert kinds == ["Linear", "GELU"] * 4 + ["Linear"]  # same 4 x 512 MLP as the flow, no LayerNorm, no tanh
     assert nets["refine_onestep_flow"].net[0].in_features == 29 + 8 and nets["actor_bc_flow"].net[0].in_features == 38
     assert nets["log_alpha"].value.shape == () and nets["log_alpha"].value.item() == 1.0
-    assert nets.flow_steps == 10 and deflow.Args().delta == 0.001 and deflow.Args().normalize_q_loss
+    assert deflow.Args().flow_steps == 10 and deflow.Args().delta == 0.001 and deflow.Args().normalize_q_loss
     assert not any(p.requires_grad for p in nets["target_critic"].parameters())
 
 
+@pytest.mark.slow
 def test_end_to_end_on_regenerated_pointmaze(ogbench_dir, tmp_path):
     args = small_args(env_id=MAZE_ID, offline_steps=200, eval_interval=100, eval_episodes=2, log_interval=50,
                       device="cpu", runs_dir=str(tmp_path), delta=0.01, q_agg="min", flow_steps=4)
@@ -351,21 +341,22 @@ def test_end_to_end_on_regenerated_pointmaze(ogbench_dir, tmp_path):
             "eval/success_rate", "charts/SPS"} <= set(ea.Tags()["scalars"])
     assert ea.Scalars("losses/alpha_value")[-1].value != pytest.approx(math.e, abs=1e-3)  # the multiplier moved
     # the checkpoint reloads to the same actions, log alpha and its Adam state included
-    payload = common.load_checkpoint(f"{d}/deflow.pt", "deflow", torch.device("cpu"))
+    payload = runfiles.load_checkpoint(f"{d}/deflow.pt", "deflow", torch.device("cpu"))
     assert payload["step"] == 200 and payload["args"]["delta"] == 0.01 and payload["args"]["flow_steps"] == 4
     assert len(payload["optimizer"]["state"]) == sum(1 for p in deflow.make_nets(args, 2, 2).parameters()
                                                      if p.requires_grad)
     nets = deflow.make_nets(deflow.Args(**{**payload["args"], "actor_hidden_dims": (32, 32),
                                            "value_hidden_dims": (32, 32)}), 2, 2)
     nets.load_state_dict(payload["nets"])
-    assert nets.flow_steps == 4 and nets["log_alpha"].value.item() != 1.0
+    assert nets["log_alpha"].value.item() != 1.0
     fresh = deflow.make_nets(args, 2, 2)
+    args = deflow.Args(**payload["args"])  # K = 4, as trained
     obs = torch.randn(7, 2)
     torch.manual_seed(5)
-    a1 = deflow.act(nets, obs)
+    a1 = deflow.act(nets, obs, args)
     torch.manual_seed(5)
-    a2 = deflow.act(nets, obs)
+    a2 = deflow.act(nets, obs, args)
     torch.manual_seed(5)
-    assert torch.equal(a1, a2) and not torch.equal(a1, deflow.act(fresh, obs))
+    assert torch.equal(a1, a2) and not torch.equal(a1, deflow.act(fresh, obs, args))
     with pytest.raises(ValueError, match="written by deflow.py, not fql.py"):
-        common.load_checkpoint(f"{d}/deflow.pt", "fql", torch.device("cpu"))
+        runfiles.load_checkpoint(f"{d}/deflow.pt", "fql", torch.device("cpu"))

@@ -1,34 +1,24 @@
 """DFP: the drift field of `utils/drift_loss.py`, top-K and EMA, gradient routing, DriftQL's field side by side, the
 bandit and an end-to-end run on regenerated data."""
 import csv
+import dataclasses
+import functools
 import glob
 import math
 
 import pytest
 import torch
 
-import common
+import conftest
 import dfp
 import driftql
-from conftest import MAZE_ID, assert_batched_critic, grads_of, run_dir_of
+import plumbing
+import runfiles
+from conftest import A, B, D, MAZE_ID, assert_batched_critic, grads_of, run_dir_of
 
-D, A, B = 5, 3, 16
-
-
-def small_args(**kw):
-    return dfp.Args(**{**dict(actor_hidden_dims=(32, 32), value_hidden_dims=(32, 32)), **kw})
-
-
-def batch(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return dict(observations=torch.randn(B, D, generator=g), actions=torch.rand(B, A, generator=g) * 2 - 1,
-                rewards=-torch.rand(B, generator=g), next_observations=torch.randn(B, D, generator=g),
-                masks=(torch.rand(B, generator=g) > 0.3).float(), terminals=torch.zeros(B))
-
-
-def nets_for(args, seed=0):
-    torch.manual_seed(seed)
-    return dfp.make_nets(args, D, A)
+small_args = functools.partial(conftest.small_args, dfp)
+nets_for = functools.partial(conftest.seeded_nets, dfp)
+batch = conftest.random_batch
 
 
 def rand_set(b, n, a, seed=0, scale=0.5):
@@ -249,11 +239,11 @@ def test_warm_up_weights_the_top_k_term_by_zero():
 def test_top_k_switches_on_after_the_warm_up_with_the_ema_reset_to_the_actor(tmp_path, monkeypatch):
     calls, real_update = [], dfp.update
 
-    def spy(nets, opt, batch, args, topk_on=True, **kw):
+    def spy(nets, opt, batch, args, topk_on=True, **kw):  # topk_on: the phase switch main passes
         same = all(torch.equal(p, q) for p, q in zip(nets["actor_drift"].parameters(),
                                                       nets["actor_drift_ema"].parameters()))
         calls.append((topk_on, same))
-        return real_update(nets, opt, batch, args, topk_on, **kw)
+        return real_update(nets, opt, batch, args, topk_on=topk_on, **kw)
 
     monkeypatch.setattr(dfp, "update", spy)
     dfp.main(small_args(env_id="bandit-4gaussian", offline_steps=6, topk_start=3, actor_ema_tau=0.5, lr=1e-2,
@@ -269,11 +259,11 @@ def test_best_of_n_takes_the_argmax_of_the_online_critic():
     torch.manual_seed(7)
     cands = dfp.sample_actions(nets["actor_drift"], obs, 6)
     torch.manual_seed(7)
-    chosen = dfp.act(nets, obs, eval_bon=6, q_agg="min")
+    chosen = dfp.act(nets, obs, dataclasses.replace(args, eval_bon=6))
     q = nets["critic"](obs.repeat_interleave(6, 0), cands.reshape(-1, A)).amin(0).view(12, 6)
     torch.testing.assert_close(chosen, cands[torch.arange(12), q.argmax(1)])
     torch.manual_seed(7)
-    one = dfp.act(nets, obs)
+    one = dfp.act(nets, obs, args)
     torch.manual_seed(7)
     assert torch.equal(one, dfp.sample_actions(nets["actor_drift"], obs, 1)[:, 0]) and one.abs().max() <= 1
 
@@ -429,6 +419,7 @@ BANDIT = dict(env_id="bandit-4gaussian", actor_hidden_dims=(64, 64), value_hidde
               device="cpu")
 
 
+@pytest.mark.slow
 def test_bandit_samples_move_to_a_best_mode(tmp_path):
     """One state, four modes (reward 5 - 80 d^2 at distance d from the right and bottom centres, 1.5 at the top, 0 at
     the left). The critic only ranks, and top-K is what moves the samples: with lambda = 0 the BC drift (one dataset
@@ -444,24 +435,26 @@ def test_bandit_samples_move_to_a_best_mode(tmp_path):
     assert out["frac_top"] + out["frac_left"] == 0
     torch.manual_seed(0)
     nets = dfp.make_nets(dfp.Args(**BANDIT), 2, 2)
-    nets.load_state_dict(common.load_checkpoint(f"{d}/dfp.pt", "dfp", torch.device("cpu"))["nets"])
-    mean = dfp.act(nets, torch.zeros(1000, 2)).mean(0)
+    nets.load_state_dict(runfiles.load_checkpoint(f"{d}/dfp.pt", "dfp", torch.device("cpu"))["nets"])
+    mean = dfp.act(nets, torch.zeros(1000, 2), dfp.Args(**BANDIT)).mean(0)
     assert max(mean[0], -mean[1]) > 0.6 and min(mean[0], -mean[1]) > -0.1  # at right (0.8, 0) or bottom (0, -0.8)
 
 
 # ---------------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_end_to_end_on_regenerated_pointmaze(ogbench_dir, tmp_path, monkeypatch):
     obs = torch.randn(7, 2)
     saved = {}
-    real_save = common.save_checkpoint
+    real_save = plumbing.Run.save
 
-    def save_and_remember_actions(path, algo, step, args, nets, opt, *rest):
-        real_save(path, algo, step, args, nets, opt, *rest)
+    def save_and_remember_actions(run, step):
+        real_save(run, step)
+        nets, args = run.nets, run.args
         with torch.random.fork_rng():
             torch.manual_seed(5)
-            saved[step] = dfp.act(nets, obs)
+            saved[step] = dfp.act(nets, obs, args)
 
-    monkeypatch.setattr(common, "save_checkpoint", save_and_remember_actions)
+    monkeypatch.setattr(plumbing.Run, "save", save_and_remember_actions)
     args = small_args(env_id=MAZE_ID, offline_steps=150, eval_interval=100, eval_episodes=2, log_interval=50,
                       batch_size=64, device="cpu", runs_dir=str(tmp_path))
     result = dfp.main(args)
@@ -476,11 +469,12 @@ def test_end_to_end_on_regenerated_pointmaze(ogbench_dir, tmp_path, monkeypatch)
     assert {"losses/critic_loss", "losses/bc_drift_loss", "losses/topk_drift_loss", "losses/bc_force_rms_0.05",
             "losses/topk_force_rms_0.05", "eval/success_rate", "charts/SPS"} <= set(ea.Tags()["scalars"])
     # the final checkpoint (EMA actor included) reloads to the actions the trained nets gave under the same seed
-    payload = common.load_checkpoint(f"{d}/dfp.pt", "dfp", torch.device("cpu"))
+    payload = runfiles.load_checkpoint(f"{d}/dfp.pt", "dfp", torch.device("cpu"))
     assert payload["step"] == 150
-    nets = dfp.make_nets(dfp.Args(**payload["args"]), 2, 2)
+    args = dfp.Args(**payload["args"])
+    nets = dfp.make_nets(args, 2, 2)
     nets.load_state_dict(payload["nets"])
     torch.manual_seed(5)
-    assert torch.equal(dfp.act(nets, obs), saved[150]) and not torch.equal(saved[1], saved[150])
+    assert torch.equal(dfp.act(nets, obs, args), saved[150]) and not torch.equal(saved[1], saved[150])
     with pytest.raises(ValueError, match="written by dfp.py, not driftql.py"):
-        common.load_checkpoint(f"{d}/dfp.pt", "driftql", torch.device("cpu"))
+        runfiles.load_checkpoint(f"{d}/dfp.pt", "driftql", torch.device("cpu"))

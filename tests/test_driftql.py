@@ -1,5 +1,6 @@
 """DriftQL: the drift field of Alg. 1, the gradient routing of the official code, the bandit and end-to-end runs."""
 import csv
+import functools
 import glob
 import math
 
@@ -7,28 +8,17 @@ import pytest
 import torch
 
 import common
+import conftest
 import driftql
 import fql
-from conftest import MAZE_ID, assert_batched_critic, grads_of, run_dir_of
+import plumbing
+import runfiles
+from conftest import A, B, D, MAZE_ID, assert_batched_critic, grads_of, run_dir_of
 
-D, A, B = 5, 3, 16
 KERNELS = ("laplace", "gaussian")
-
-
-def small_args(**kw):
-    return driftql.Args(**{**dict(actor_hidden_dims=(32, 32), value_hidden_dims=(32, 32), drift_ngen=8), **kw})
-
-
-def batch(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return dict(observations=torch.randn(B, D, generator=g), actions=torch.rand(B, A, generator=g) * 2 - 1,
-                rewards=-torch.rand(B, generator=g), next_observations=torch.randn(B, D, generator=g),
-                masks=(torch.rand(B, generator=g) > 0.3).float(), terminals=torch.zeros(B))
-
-
-def nets_for(args, seed=0):
-    torch.manual_seed(seed)
-    return driftql.make_nets(args, D, A)
+small_args = functools.partial(conftest.small_args, driftql, drift_ngen=8)
+nets_for = functools.partial(conftest.seeded_nets, driftql)
+batch = conftest.random_batch
 
 
 def rand_set(b, n, a, seed=0, scale=0.5):
@@ -233,17 +223,18 @@ def test_networks_follow_the_official_architecture():
 
 
 def test_act_is_one_forward_pass_clipped_with_fresh_noise():
-    nets = nets_for(small_args(noise_dim=7))
+    args = small_args(noise_dim=7)
+    nets = nets_for(args)
     calls = []
     nets["actor_bc_drift"].net[-1].register_forward_hook(lambda *a: calls.append(1))
     with torch.no_grad():
         nets["actor_bc_drift"].net[-1].weight.mul_(50)  # push raw outputs outside the box
     obs = torch.randn(64, D)
-    a1, a2 = driftql.act(nets, obs), driftql.act(nets, obs)
+    a1, a2 = driftql.act(nets, obs, args), driftql.act(nets, obs, args)
     assert len(calls) == 2 and a1.shape == (64, A) and a1.abs().max() == 1 and not torch.equal(a1, a2)
     with torch.no_grad():
         nets["actor_bc_drift"].net[-1].bias[0] = float("nan")
-    assert torch.all(driftql.act(nets, obs)[:, 0] == 0)  # NaN -> 0, as the official sample_actions
+    assert torch.all(driftql.act(nets, obs, args)[:, 0] == 0)  # NaN -> 0, as the official sample_actions
 
 
 # ---------------------------------------------------------------------------------------------------- gradient routing
@@ -364,6 +355,7 @@ BANDIT_ONE_POSITIVE = dict(BANDIT, offline_steps=2500, eval_interval=2500, kerne
                            same_state_positives=False)
 
 
+@pytest.mark.slow
 def test_bandit_samples_concentrate_on_both_tied_best_modes(tmp_path):
     """Fig. 1: one state, the batch's dataset actions are all positives of it (Eq. 3). Seeds 0-2 give 47-49 % on each
     tied best mode, 4 % between the modes and none on the low modes."""
@@ -373,6 +365,7 @@ def test_bandit_samples_concentrate_on_both_tied_best_modes(tmp_path):
     assert out["frac_top"] + out["frac_left"] + out["frac_between"] <= 0.1
 
 
+@pytest.mark.slow
 def test_bandit_with_one_positive_per_state_takes_one_tied_mode_only(tmp_path):
     """The official field (one positive per row) pulls every sample towards the mean of the data, so nothing spreads
     the samples over the modes: the Q term carries the whole cloud to ONE of the tied modes (seed-dependent)."""
@@ -383,6 +376,7 @@ def test_bandit_with_one_positive_per_state_takes_one_tied_mode_only(tmp_path):
 
 @pytest.mark.parametrize("env_id", ["bandit-4gaussian", "bandit-4gaussian-rot1", "bandit-4gaussian-rot2",
                                     "bandit-4gaussian-rot3"])
+@pytest.mark.slow
 def test_bandit_samples_go_to_the_tied_pair_whichever_it_is(env_id, tmp_path):
     """The tie is a parameter of the bandit: after 1K steps (a fifth of the budget) the samples have reached both
     tied modes of every rotation and no other mode. At 5K steps (README, DriftQL) see the measured rates."""
@@ -395,18 +389,20 @@ def test_bandit_samples_go_to_the_tied_pair_whichever_it_is(env_id, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_end_to_end_on_regenerated_pointmaze(ogbench_dir, tmp_path, monkeypatch):
     obs = torch.randn(7, 2)
     saved = {}
-    real_save = common.save_checkpoint
+    real_save = plumbing.Run.save
 
-    def save_and_remember_actions(path, algo, step, args, nets, opt, *rest):
-        real_save(path, algo, step, args, nets, opt, *rest)
+    def save_and_remember_actions(run, step):
+        real_save(run, step)
+        nets, args = run.nets, run.args
         with torch.random.fork_rng():
             torch.manual_seed(5)
-            saved[step] = driftql.act(nets, obs)
+            saved[step] = driftql.act(nets, obs, args)
 
-    monkeypatch.setattr(common, "save_checkpoint", save_and_remember_actions)
+    monkeypatch.setattr(plumbing.Run, "save", save_and_remember_actions)
     args = small_args(env_id=MAZE_ID, offline_steps=150, eval_interval=100, eval_episodes=2, log_interval=50,
                       device="cpu", runs_dir=str(tmp_path / "driftql"), noise_dim=4)
     result = driftql.main(args)
@@ -423,15 +419,16 @@ def test_end_to_end_on_regenerated_pointmaze(ogbench_dir, tmp_path, monkeypatch)
     assert {"losses/critic_loss", "losses/bc_drift_loss", "losses/drift_norm", "losses/drift_attract_norm",
             "losses/drift_repel_norm", "eval/success_rate", "charts/SPS"} <= tags
     # the final checkpoint reloads to the actions the trained nets gave under the same seed
-    payload = common.load_checkpoint(f"{d}/driftql.pt", "driftql", torch.device("cpu"))
+    payload = runfiles.load_checkpoint(f"{d}/driftql.pt", "driftql", torch.device("cpu"))
     assert payload["step"] == 150
-    nets = driftql.make_nets(driftql.Args(**payload["args"]), 2, 2)
+    args = driftql.Args(**payload["args"])
+    nets = driftql.make_nets(args, 2, 2)
     nets.load_state_dict(payload["nets"])
     torch.manual_seed(5)
-    assert torch.equal(driftql.act(nets, obs), saved[150]) and not torch.equal(saved[1], saved[150])
+    assert torch.equal(driftql.act(nets, obs, args), saved[150]) and not torch.equal(saved[1], saved[150])
     # a checkpoint of another script is refused
-    monkeypatch.setattr(common, "save_checkpoint", real_save)
+    monkeypatch.setattr(plumbing.Run, "save", real_save)
     fql.main(fql.Args(env_id="bandit-4gaussian", actor_hidden_dims=(8,), value_hidden_dims=(8,), offline_steps=2,
                       device="cpu", runs_dir=str(tmp_path / "fql")))
     with pytest.raises(ValueError, match="written by fql.py, not driftql.py"):
-        common.load_checkpoint(f"{run_dir_of(tmp_path / 'fql')}/fql.pt", "driftql", torch.device("cpu"))
+        runfiles.load_checkpoint(f"{run_dir_of(tmp_path / 'fql')}/fql.pt", "driftql", torch.device("cpu"))

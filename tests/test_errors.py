@@ -1,6 +1,6 @@
 """Bad input ends in one line `error: ...` that names the flag, file or id, exit code 2, and no run folder.
 
-Most cases run the entry point in-process (`common.cli` with a patched sys.argv: the code `python <script>.py` runs,
+Most cases run the entry point in-process (`plumbing.cli` with a patched sys.argv: the code `python <script>.py` runs,
 without paying for a new interpreter); one subprocess per script checks the `__main__` wiring, and collect.py is
 stopped mid-collection as a real process.
 """
@@ -21,31 +21,12 @@ import torch
 
 import collect
 import common
-from conftest import CUBE_ID, MAZE_ID, ROOT, run_dir_of
+import plumbing
+import runfiles
+from conftest import CUBE_ID, MAZE_ID, ROOT, assert_one_line, cli, run_dir_of
 
 TINY = ["--device", "cpu", "--actor-hidden-dims", "8", "--value-hidden-dims", "8", "--batch-size", "16"]
 MAZE = "pointmaze-medium-navigate-v0"
-
-
-def cli(script, argv, capsys, monkeypatch):
-    """Runs `python <script>.py <argv>` in-process; returns (exit code, stderr lines)."""
-    mod = importlib.import_module(script)
-    monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])
-    monkeypatch.delenv(common.TRACEBACK_VAR, raising=False)
-    old = signal.getsignal(signal.SIGTERM)
-    try:
-        with pytest.raises(SystemExit) as e:
-            common.cli(mod.main, mod.Args)
-    finally:
-        signal.signal(signal.SIGTERM, old)
-    return e.value.code, capsys.readouterr().err.splitlines()
-
-
-def assert_one_line(code, err, *names):
-    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
-    for name in names:
-        assert name in err[0], (name, err[0])
-    assert "Traceback" not in err[0] and "allow_pickle" not in err[0]
 
 
 # ---------------------------------------------------------------------------------------------------- flags
@@ -89,6 +70,7 @@ ENTRY_CASES = [("fql", "--batch-size"), ("driftql", "--drift-temp"), ("dfp", "--
                ("deflow", "--eval-interval")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, flag", ENTRY_CASES)
 def test_each_script_entry_point_prints_one_line(script, flag, tmp_path):
     r = subprocess.run([sys.executable, f"{script}.py", flag, "0", "--runs-dir", str(tmp_path)], cwd=ROOT,
@@ -99,9 +81,9 @@ def test_each_script_entry_point_prints_one_line(script, flag, tmp_path):
 
 def test_traceback_on_request(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["fql.py", "--batch-size", "0", "--runs-dir", str(tmp_path)])
-    monkeypatch.setenv(common.TRACEBACK_VAR, "1")
+    monkeypatch.setenv(plumbing.TRACEBACK_VAR, "1")
     with pytest.raises(common.UsageError, match="--batch-size"):
-        common.cli(importlib.import_module("fql").main, importlib.import_module("fql").Args)
+        plumbing.cli(importlib.import_module("fql").main, importlib.import_module("fql").Args)
 
 
 @pytest.mark.parametrize("script", ["fql", "driftql", "dfp", "qam", "deflow", "collect"])
@@ -190,8 +172,8 @@ def checkpoint(tmp_path_factory):
     ("random bytes", "fql", [], "cannot be read"),
     ("as is", "driftql", [], "written by fql.py, not driftql.py"),
     ("as is", "fql", ["--offline-steps", "2"], "at step 2, already at or past the budget"),
-    ("other env", "fql", [], "not on --env-id bandit-4gaussian"),
-    ("as is", "fql", ["--actor-hidden-dims", "16"], "does not fit these networks"),
+    ("other env", "fql", [], f"--env-id is bandit-4gaussian here but {CUBE_ID} in the run"),
+    ("as is", "fql", ["--actor-hidden-dims", "16"], "--actor-hidden-dims is 16 here but 8 in the run"),
 ])
 def test_bad_checkpoint_is_one_line_naming_the_file(how, script, extra, says, checkpoint, tmp_path, capsys,
                                                     monkeypatch):
@@ -225,24 +207,26 @@ def test_nan_stop_is_one_line_with_the_flags_to_change_and_keeps_the_checkpoint(
                             "--log-interval", "10", "--runs-dir", str(tmp_path), *TINY], capsys, monkeypatch)
     assert_one_line(code, err, "step 6", "last good checkpoint", "--resume", "--lr", "--seed")
     ckpt = f"{run_dir_of(tmp_path)}/fql.pt"
-    assert ckpt in err[0] and common.load_checkpoint(ckpt, "fql", torch.device("cpu"))["step"] == 4
+    assert ckpt in err[0] and runfiles.load_checkpoint(ckpt, "fql", torch.device("cpu"))["step"] == 4
 
 
 def test_resume_uses_the_new_lr(checkpoint, tmp_path):
     fql = importlib.import_module("fql")
-    args = fql.Args(actor_hidden_dims=(8,), value_hidden_dims=(8,), lr=1e-5)
-    nets = fql.make_nets(args, 2, 2)
-    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr)
-    common.resume(checkpoint, "fql", nets, opt, torch.device("cpu"))
-    assert all(g["lr"] == 1e-5 for g in opt.param_groups)
+    shutil.copytree(os.path.dirname(checkpoint), tmp_path / "run")  # the fixture's run stays at step 2
+    checkpoint = str(tmp_path / "run" / "fql.pt")
+    before = runfiles.load_checkpoint(checkpoint, "fql", torch.device("cpu"))["optimizer"]["param_groups"]
+    fql.main(fql.Args(env_id="bandit-4gaussian", actor_hidden_dims=(8,), value_hidden_dims=(8,), batch_size=16,
+                      eval_interval=2, device="cpu", lr=1e-5, offline_steps=6, resume=checkpoint))
+    after = runfiles.load_checkpoint(checkpoint, "fql", torch.device("cpu"))["optimizer"]["param_groups"]
+    assert all(g["lr"] != 1e-5 for g in before) and all(g["lr"] == 1e-5 for g in after)
 
 
 # ---------------------------------------------------------------------------------------------------- run folders
 def test_identical_runs_started_together_get_their_own_folders(tmp_path, monkeypatch):
     fql = importlib.import_module("fql")
-    monkeypatch.setattr(common.time, "time", lambda: 1_800_000_000.0)  # both start "in the same second"
+    monkeypatch.setattr(runfiles.time, "time", lambda: 1_800_000_000.0)  # both start "in the same second"
     args = fql.Args(env_id="bandit-4gaussian", runs_dir=str(tmp_path))
-    dirs = [common.start_run(args, "fql")[0] for _ in range(3)]
+    dirs = [runfiles.start_run(args, "fql")[0] for _ in range(3)]
     assert len(set(dirs)) == 3 and all((d / "args.json").exists() for d in dirs)
     assert sorted(os.listdir(tmp_path)) == sorted(d.name for d in dirs)
 
@@ -280,6 +264,7 @@ def children(pid):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stopping_collect_stops_its_workers_and_keeps_the_old_pair(sig, tmp_path):
     old = {s: tmp_path / f"{MAZE}{s}.npz" for s in ("", "-val")}

@@ -1,6 +1,7 @@
 """FQL: the math, the gradient routing of the official code, and end-to-end runs on regenerated data."""
 import csv
 import dataclasses
+import functools
 import glob
 
 import numpy as np
@@ -8,26 +9,14 @@ import pytest
 import torch
 
 import common
+import conftest
 import fql
-from conftest import MAZE_ID, assert_batched_critic, grads_of, run_dir_of
+import runfiles
+from conftest import A, B, D, MAZE_ID, assert_batched_critic, grads_of, run_dir_of
 
-D, A, B = 5, 3, 16
-
-
-def small_args(**kw):
-    return fql.Args(actor_hidden_dims=(32, 32), value_hidden_dims=(32, 32), **kw)
-
-
-def batch(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return dict(observations=torch.randn(B, D, generator=g), actions=torch.rand(B, A, generator=g) * 2 - 1,
-                rewards=-torch.rand(B, generator=g), next_observations=torch.randn(B, D, generator=g),
-                masks=(torch.rand(B, generator=g) > 0.3).float(), terminals=torch.zeros(B))
-
-
-def nets_for(args, seed=0):
-    torch.manual_seed(seed)
-    return fql.make_nets(args, D, A)
+small_args = functools.partial(conftest.small_args, fql)
+nets_for = functools.partial(conftest.seeded_nets, fql)
+batch = conftest.random_batch
 
 
 # ---------------------------------------------------------------------------------------------------- math
@@ -161,6 +150,7 @@ def test_update_moves_the_target_only_by_polyak_from_the_pre_update_critic():
 
 
 # ---------------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_end_to_end_on_regenerated_pointmaze(ogbench_dir, tmp_path):
     args = small_args(env_id=MAZE_ID, offline_steps=200, eval_interval=100, eval_episodes=2, log_interval=50,
                       device="cpu", runs_dir=str(tmp_path), eval_bc_flow=True)
@@ -176,7 +166,7 @@ def test_end_to_end_on_regenerated_pointmaze(ogbench_dir, tmp_path):
     ea.Reload()
     assert {"losses/critic_loss", "losses/distill_loss", "eval/success_rate", "charts/SPS"} <= set(ea.Tags()["scalars"])
     # the checkpoint reloads to the same actions
-    payload = common.load_checkpoint(f"{d}/fql.pt", "fql", torch.device("cpu"))
+    payload = runfiles.load_checkpoint(f"{d}/fql.pt", "fql", torch.device("cpu"))
     assert payload["step"] == 200
     nets = fql.make_nets(fql.Args(**{**payload["args"], "actor_hidden_dims": (32, 32), "value_hidden_dims": (32, 32)}),
                          2, 2)
@@ -184,13 +174,13 @@ def test_end_to_end_on_regenerated_pointmaze(ogbench_dir, tmp_path):
     fresh = fql.make_nets(args, 2, 2)
     obs = torch.randn(7, 2)
     torch.manual_seed(5)
-    a1 = fql.act(nets, obs)
+    a1 = fql.act(nets, obs, args)
     torch.manual_seed(5)
-    a2 = fql.act(nets, obs)
+    a2 = fql.act(nets, obs, args)
     torch.manual_seed(5)
-    assert torch.equal(a1, a2) and not torch.equal(a1, fql.act(fresh, obs))
+    assert torch.equal(a1, a2) and not torch.equal(a1, fql.act(fresh, obs, args))
     with pytest.raises(ValueError, match="written by fql.py, not driftql.py"):
-        common.load_checkpoint(f"{d}/fql.pt", "driftql", torch.device("cpu"))
+        runfiles.load_checkpoint(f"{d}/fql.pt", "driftql", torch.device("cpu"))
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -209,9 +199,10 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
                       device="cpu", runs_dir=str(tmp_path))
     with pytest.raises(FloatingPointError, match="step 61.*last good checkpoint"):
         fql.main(args)
-    assert common.load_checkpoint(f"{run_dir_of(tmp_path)}/fql.pt", "fql", torch.device("cpu"))["step"] == 50
+    assert runfiles.load_checkpoint(f"{run_dir_of(tmp_path)}/fql.pt", "fql", torch.device("cpu"))["step"] == 50
 
 
+@pytest.mark.slow
 def test_bad_flag_value_is_refused_with_the_choices():
     import subprocess
     import sys
@@ -221,6 +212,7 @@ def test_bad_flag_value_is_refused_with_the_choices():
     assert r.returncode != 0 and "mean" in r.stderr and "min" in r.stderr
 
 
+@pytest.mark.slow
 def test_bandit_samples_move_to_the_best_modes(tmp_path):
     args = small_args(env_id="bandit-4gaussian", offline_steps=2000, eval_interval=2000, device="cpu",
                       runs_dir=str(tmp_path))

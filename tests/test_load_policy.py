@@ -1,16 +1,16 @@
-"""common.load_policy: any script's checkpoint back as its evaluation policy, observations -> actions."""
+"""runfiles.load_policy: any script's checkpoint back as its evaluation policy, observations -> actions."""
 import dataclasses
 import importlib
 
 import pytest
 import torch
 
-import common
+import conftest
+import plumbing
+import runfiles
 from conftest import MAZE_ID, run_dir_of
 
 SCRIPTS = ("fql", "driftql", "dfp", "qam", "deflow")
-TINY = dict(env_id="bandit-4gaussian", actor_hidden_dims=(8,), value_hidden_dims=(8,), batch_size=16, eval_interval=2,
-            device="cpu")
 # settings whose evaluation policy differs from the plain one-sample policy: best-of-3 (DFP), chunks of 2 (DFP, QAM)
 EXTRA = dict(dfp=dict(eval_bon=3, horizon=2), qam=dict(horizon=2, num_qs=2, flow_steps=2))
 # chunks of 2 need episodes longer than the bandit's single step (training refuses the bandit with --horizon 2):
@@ -19,7 +19,7 @@ CHUNKED = dict(env_id=MAZE_ID, eval_episodes=1)
 
 
 def tiny_args(mod, **kw):
-    return mod.Args(**{**TINY, **EXTRA.get(mod.__name__, {}), **kw})
+    return conftest.tiny_args(mod, **{**EXTRA.get(mod.__name__, {}), **kw})
 
 
 def actions_of(policy, obs, calls=4, seed=5):
@@ -29,22 +29,24 @@ def actions_of(policy, obs, calls=4, seed=5):
         return torch.stack([policy(obs) for _ in range(calls)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_loaded_policy_acts_as_the_trained_one(name, tmp_path, monkeypatch, ogbench_dir):
     mod = importlib.import_module(name)
     obs, trained = torch.randn(7, 2), {}
-    real_save = common.save_checkpoint
+    real_save = plumbing.Run.save
 
-    def save_and_remember_actions(path, algo, step, args, nets, opt, *rest):
-        real_save(path, algo, step, args, nets, opt, *rest)
+    def save_and_remember_actions(run, step):
+        real_save(run, step)
+        nets, args = run.nets, run.args
         trained[step] = actions_of(mod.make_policy(nets, args), obs)
 
-    monkeypatch.setattr(common, "save_checkpoint", save_and_remember_actions)
+    monkeypatch.setattr(plumbing.Run, "save", save_and_remember_actions)
     mod.main(tiny_args(mod, offline_steps=4, runs_dir=str(tmp_path), **(CHUNKED if name in ("dfp", "qam") else {})))
     ckpt = f"{run_dir_of(tmp_path)}/{name}.pt"
     payload = torch.load(ckpt, weights_only=True)
     assert (payload["obs_dim"], payload["action_dim"]) == (2, 2)
-    policy = common.load_policy(ckpt, "cpu")
+    policy = runfiles.load_policy(ckpt, "cpu")
     loaded = actions_of(policy, obs)
     assert loaded.shape == (4, 7, 2)
     assert torch.equal(loaded, trained[4]) and not torch.equal(loaded, trained[1])
@@ -56,27 +58,12 @@ def test_loaded_policy_acts_as_the_trained_one(name, tmp_path, monkeypatch, ogbe
         assert torch.equal(first, loaded[0]) and torch.equal(second, loaded[1])
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_a_checkpoint_without_sizes_gets_them_from_the_weights(name, tmp_path):
-    """Checkpoints written before obs_dim and action_dim were stored: D = 7, A = 3 are read off the critic's input
-    and the actor's output (DFP, QAM: chunks of 2 x 3)."""
-    mod = importlib.import_module(name)
-    args = tiny_args(mod)
-    torch.manual_seed(0)
-    nets = mod.make_nets(args, 7, 3)
-    torch.save({"algo": name, "step": 1, "args": dataclasses.asdict(args), "nets": nets.state_dict()},
-               tmp_path / "old.pt")
-    obs = torch.randn(5, 7)
-    loaded = actions_of(common.load_policy(tmp_path / "old.pt"), obs)
-    assert loaded.shape == (4, 5, 3)
-    assert torch.equal(loaded, actions_of(mod.make_policy(nets, args), obs))
-
-
 def test_a_checkpoint_whose_flags_the_script_lacks_gets_one_line(tmp_path):
     fql = importlib.import_module("fql")
     args = tiny_args(fql)
-    payload = {"algo": "fql", "args": {**dataclasses.asdict(args), "gone_flag": 1},
-               "nets": fql.make_nets(args, 2, 2).state_dict()}
+    payload = {"algo": "fql", "step": 1, "args": {**dataclasses.asdict(args), "gone_flag": 1}, "obs_dim": 2,
+               "action_dim": 2, "nets": fql.make_nets(args, 2, 2).state_dict(),
+               "optimizer": {"state": {}, "param_groups": []}, "rng": torch.get_rng_state(), "cuda_rng": []}
     torch.save(payload, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="cannot rebuild fql.py from it .*gone_flag"):
-        common.load_policy(tmp_path / "x.pt")
+        runfiles.load_policy(tmp_path / "x.pt")

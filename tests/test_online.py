@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import common
+import runfiles
 from conftest import CUBE_ID, MAZE_ID, run_dir_of
 from test_common import build_minari, minari_dir  # noqa: F401 (fixture)
 
@@ -37,13 +38,16 @@ class Recorder:
         return torch.as_tensor(chunk.reshape(1, -1))
 
 
-def replay_with_reference(task, collector, policy, n, global_step):
+def replay_with_reference(task, collector, policy, n, global_step, episodes=None):
     """Runs n collector steps and the same actions in a second env reset with the collector's seed; returns the
-    reference transitions (obs, action, reward, next_obs, terminated, truncated)."""
+    reference transitions (obs, action, reward, next_obs, terminated, truncated). The episodes the collector reports
+    finished go to `episodes` as (global step, stats)."""
     ref_env, ref, obs = task.make_env(), [], None
     for i in range(n):
         before = task.train.size
-        collector.step(policy, global_step + i)
+        episode = collector.step(policy, global_step + i)
+        if episode is not None and episodes is not None:
+            episodes.append((global_step + i, episode))
         assert task.train.size == before + 1 and collector.steps == i + 1  # exactly one transition per env step
         if obs is None:
             obs, _ = ref_env.reset(seed=collector.seed + 3000 + global_step) if i == 0 else ref_env.reset()
@@ -64,17 +68,15 @@ def check_rows(task, start, ref, shift=0.0):
         assert task.train.terminals[i].item() == float(term or trunc)
 
 
+@pytest.mark.slow
 def test_ogbench_env_step_stores_one_transition_with_official_semantics(ogbench_dir, tmp_path):
     task = common.load_task(CUBE_ID, CPU)
     n = task.train.size
     offline = task.train.observations[:n].clone()
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(tmp_path))
-    online = common.Collector(task, 250, 2_000_000, 0, writer)
+    online = common.Collector(task, 250, 2_000_000, 0)
     assert len(task.train.observations) == n + 250  # no rows that no online step can fill
-    policy = Recorder(task.train.actions.shape[1])
-    ref = replay_with_reference(task, online, policy, 205, global_step=11)
+    policy, episodes = Recorder(task.train.actions.shape[1]), []
+    ref = replay_with_reference(task, online, policy, 205, global_step=11, episodes=episodes)
     check_rows(task, n, ref)  # OGBench: the env's reward as it is, like the official loop
     assert torch.equal(task.train.observations[:n], offline)  # the dataset rows are untouched
     ends = task.train.terminals[n:task.train.size].nonzero().flatten().tolist()
@@ -82,14 +84,9 @@ def test_ogbench_env_step_stores_one_transition_with_official_semantics(ogbench_
     assert task.train.masks[n + 199].item() == 1.0 and policy.calls == 205  # h = 1: one call per env step
     # the next episode starts from a reset observation, not from the last one
     assert not torch.equal(task.train.observations[n + 200], task.train.next_observations[n + 199])
-    writer.close()  # the finished episode is logged under online/ at its last global step (11 + 199)
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    ea = EventAccumulator(str(tmp_path))
-    ea.Reload()
-    assert [(e.step, e.value) for e in ea.Scalars("online/episodic_length")] == [(210, 200.0)]
-    assert [e.value for e in ea.Scalars("online/episodic_return")] == [pytest.approx(sum(t[2] for t in ref[:200]))]
-    assert [e.value for e in ea.Scalars("online/success")] == [0.0]
+    # the finished episode is reported once, at its last global step (11 + 199)
+    assert [(step, ep["episodic_length"], ep["success"]) for step, ep in episodes] == [(210, 200, 0.0)]
+    assert episodes[0][1]["episodic_return"] == pytest.approx(sum(t[2] for t in ref[:200]))
 
 
 def test_minari_env_step_terminal_and_antmaze_reward_shift(minari_dir):  # noqa: F811
@@ -98,7 +95,7 @@ def test_minari_env_step_terminal_and_antmaze_reward_shift(minari_dir):  # noqa:
     build_minari("mujoco/invertedpendulum/tiny-v0", env, 2, 30)
     task = common.load_task("mujoco/invertedpendulum/tiny-v0", CPU)
     n = task.train.size
-    online = common.Collector(task, 60, 2_000_000, 0, None)
+    online = common.Collector(task, 60, 2_000_000, 0)
     ref = replay_with_reference(task, online, Recorder(1, seed=1), 60, global_step=1)
     assert any(t[4] for t in ref)  # the pendulum falls: a true terminal, mask 0
     check_rows(task, n, ref)
@@ -111,7 +108,7 @@ def test_minari_env_step_terminal_and_antmaze_reward_shift(minari_dir):  # noqa:
     build_minari("D4RL/antmaze/tiny-v1", env, 2, 20, eval_env=eval_env)
     task = common.load_task("D4RL/antmaze/tiny-v1", CPU)
     n = task.train.size
-    online = common.Collector(task, 25, 2_000_000, 0, None)
+    online = common.Collector(task, 25, 2_000_000, 0)
     ref = replay_with_reference(task, online, Recorder(8), 25, global_step=1)
     check_rows(task, n, ref, shift=-1.0)  # D4RL AntMaze: reward - 1 online, as offline (FQL's main.py)
     assert task.train.terminals[n + 19].item() == 1.0 and task.train.masks[n + 19].item() == 1.0
@@ -123,7 +120,7 @@ def test_chunks_run_open_loop_with_one_policy_call_each(minari_dir):  # noqa: F8
     build_minari("mujoco/invertedpendulum/tiny-v0", env, 2, 30)
     task = common.load_task("mujoco/invertedpendulum/tiny-v0", CPU)
     n, h = task.train.size, 3
-    online = common.Collector(task, 100, 2_000_000, 0, None, horizon=h)
+    online = common.Collector(task, 100, 2_000_000, 0, horizon=h)
     policy = Recorder(1, horizon=h)
     calls, stored = [], 0
     for i in range(40):
@@ -148,20 +145,20 @@ def test_chunks_run_open_loop_with_one_policy_call_each(minari_dir):  # noqa: F8
 
 def test_online_steps_refuse_the_bandit():
     with pytest.raises(ValueError, match="--online-steps needs an environment.*bandit-4gaussian"):
-        common.Collector(common.load_task("bandit-4gaussian", CPU), 10, 100, 0, None)
+        common.Collector(common.load_task("bandit-4gaussian", CPU), 10, 100, 0)
 
 
 def test_balanced_sampling_draws_half_from_each_part():
     n = 100
     data = {k: np.zeros((n, 2)) if "obs" in k or k == "actions" else np.zeros(n) for k in common.Dataset.KEYS}
     task = common.Task("x", common.Dataset.from_numpy(data, CPU), None, lambda: gym.make("Pendulum-v1"))
-    online = common.Collector(task, 50, 1000, 0, None, balanced=True)
+    online = common.Collector(task, 50, 1000, 0, balanced=True)
     for i in range(10):
         online.step(lambda o: torch.zeros(1, 1), i + 1)
     b = online.sample(64)
     assert (b["observations"].abs().sum(1) > 0).sum() == 32  # Pendulum observations are never all zero
     uniform = common.Collector(common.Task("x", common.Dataset.from_numpy(data, CPU), None,
-                                           lambda: gym.make("Pendulum-v1")), 50, 1000, 0, None)
+                                           lambda: gym.make("Pendulum-v1")), 50, 1000, 0)
     for i in range(10):
         uniform.step(lambda o: torch.zeros(1, 1), i + 1)
     assert (uniform.sample(640)["observations"].abs().sum(1) > 0).sum() < 150  # ~ 640 * 10 / 110
@@ -172,7 +169,7 @@ def test_full_replay_overwrites_the_oldest_rows():
     data = {k: np.zeros((n, 3)) if "obs" in k else np.zeros((n, 1)) if k == "actions" else np.zeros(n)
             for k in common.Dataset.KEYS}
     task = common.Task("x", common.Dataset.from_numpy(data, CPU), None, lambda: gym.make("Pendulum-v1"))
-    online = common.Collector(task, 30, 25, 0, None)  # official: max(buffer_size, N + 1) = 25 rows
+    online = common.Collector(task, 30, 25, 0)  # official: max(buffer_size, N + 1) = 25 rows
     for i in range(30):
         online.step(lambda o: torch.ones(1, 1) * 0.5, i + 1)
     assert task.train.size == 25 and len(task.train.observations) == 25
@@ -184,6 +181,7 @@ def adam_steps(ckpt):
     return max(int(s["step"]) for s in ckpt["optimizer"]["state"].values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["fql", "qam", "dfp"])
 def test_updates_start_after_the_warm_up(name, ogbench_dir, tmp_path, monkeypatch):
     mod, args = tiny_args(name, env_id=MAZE_ID, offline_steps=10, online_steps=30, start_training=12,
@@ -196,26 +194,27 @@ def test_updates_start_after_the_warm_up(name, ogbench_dir, tmp_path, monkeypatc
 
     monkeypatch.setattr(mod, "update", counting)
     mod.main(args)
-    ckpt = common.load_checkpoint(f"{run_dir_of(tmp_path)}/{name}.pt", name, CPU)
+    ckpt = runfiles.load_checkpoint(f"{run_dir_of(tmp_path)}/{name}.pt", name, CPU)
     # 10 offline updates, none for the first 11 online env steps, then one per env step from the 12th: 19
     assert len(steps_seen) == 10 + 30 - 12 + 1 and adam_steps(ckpt) == len(steps_seen)
     assert ckpt["step"] == 40 and ckpt["online"]["steps"] == 30
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["fql", "dfp"])
 def test_resume_mid_online_keeps_the_transitions_and_the_step(name, ogbench_dir, tmp_path):
     mod, args = tiny_args(name, env_id=MAZE_ID, offline_steps=10, online_steps=25, eval_interval=1000,
                           runs_dir=str(tmp_path / "a"))
     mod.main(args)
     ckpt = f"{run_dir_of(tmp_path / 'a')}/{name}.pt"
-    first = common.load_checkpoint(ckpt, name, CPU)
+    first = runfiles.load_checkpoint(ckpt, name, CPU)
     assert first["step"] == 35 and first["online"]["steps"] == 25
     n = first["online"]["lo"]
     assert first["online"]["size"] == n + 25 and len(first["online"]["rows"]["observations"]) == 25
     mod.main(mod.Args(**{**vars(args), "online_steps": 40, "runs_dir": str(tmp_path / "b"), "resume": ckpt}))
     d = run_dir_of(tmp_path / "a")  # the run continues in its own folder
     assert [r["step"] for r in csv.DictReader(open(f"{d}/eval.csv"))] == ["1", "10", "35", "50"]  # 36 to 50 added
-    last = common.load_checkpoint(f"{d}/{name}.pt", name, CPU)
+    last = runfiles.load_checkpoint(f"{d}/{name}.pt", name, CPU)
     assert last["step"] == 50 and last["online"]["steps"] == 40 and last["online"]["size"] == n + 40
     for k, v in first["online"]["rows"].items():  # the 25 stored transitions came back, 15 new ones follow
         assert torch.equal(last["online"]["rows"][k][:25], v), k
@@ -224,6 +223,7 @@ def test_resume_mid_online_keeps_the_transitions_and_the_step(name, ogbench_dir,
     assert not torch.equal(rows["observations"][25], rows["next_observations"][24])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_script_runs_offline_then_online(name, ogbench_dir, tmp_path):
     mod, args = tiny_args(name, env_id=MAZE_ID, offline_steps=10, online_steps=200, start_training=50,
@@ -232,21 +232,22 @@ def test_script_runs_offline_then_online(name, ogbench_dir, tmp_path):
     d = run_dir_of(tmp_path)
     assert [r["step"] for r in csv.DictReader(open(f"{d}/eval.csv"))] == ["1", "10", "210"]  # offline + online steps
     assert "success_rate" in result
-    ckpt = common.load_checkpoint(f"{d}/{name}.pt", name, CPU)
+    ckpt = runfiles.load_checkpoint(f"{d}/{name}.pt", name, CPU)
     assert ckpt["step"] == 210 and ckpt["online"]["steps"] == 200 and ckpt["online"]["size"] == 800 + 200
     assert adam_steps(ckpt) == 10 + 200 - 50 + 1
 
 
+@pytest.mark.slow
 def test_dfp_switch_resets_pi_old_and_turns_top_k_on(ogbench_dir, tmp_path, monkeypatch):
     """The main O2O setting: L_BC alone offline (--topk-start = offline steps), then pi_old <- theta and L_topK."""
     mod, args = tiny_args("dfp", env_id=MAZE_ID, offline_steps=8, topk_start=8, online_steps=6, start_training=1,
                           eval_interval=1000, lr=1e-2, runs_dir=str(tmp_path))
     seen, real = [], mod.update
 
-    def recording(nets, opt, batch, args_, topk_on, **kw):
+    def recording(nets, opt, batch, args_, topk_on=True, **kw):
         same = all(torch.equal(a, b) for a, b in zip(nets["actor_drift"].parameters(),
                                                       nets["actor_drift_ema"].parameters()))
-        out = real(nets, opt, batch, args_, topk_on, **kw)
+        out = real(nets, opt, batch, args_, topk_on=topk_on, **kw)
         seen.append((topk_on, same, out["topk_drift_loss"].item()))
         return out
 
@@ -257,6 +258,7 @@ def test_dfp_switch_resets_pi_old_and_turns_top_k_on(ogbench_dir, tmp_path, monk
     assert not any(s[1] for s in seen[1:8]) and seen[8][1]  # pi_old had drifted from theta; equal right after
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frozen", [True, False])
 def test_deflow_frozen_flow_gets_no_online_update(frozen, ogbench_dir, tmp_path, monkeypatch):
     mod, args = tiny_args("deflow", env_id=MAZE_ID, offline_steps=6, online_steps=8, eval_interval=1000,
@@ -267,12 +269,12 @@ def test_deflow_frozen_flow_gets_no_online_update(frozen, ogbench_dir, tmp_path,
         if recording.calls == 6:  # the first online update: the state the offline phase left
             at_switch.update({k: v.clone() for k, v in nets.state_dict().items()})
         recording.calls += 1
-        return real(nets, opt, batch, args_, train_flow, **kw)
+        return real(nets, opt, batch, args_, train_flow=train_flow, **kw)
 
     recording.calls = 0
     monkeypatch.setattr(mod, "update", recording)
     mod.main(args)
-    end = common.load_checkpoint(f"{run_dir_of(tmp_path)}/deflow.pt", "deflow", CPU)["nets"]
+    end = runfiles.load_checkpoint(f"{run_dir_of(tmp_path)}/deflow.pt", "deflow", CPU)["nets"]
     flow = [k for k in end if k.startswith("actor_bc_flow.")]
     assert flow and recording.calls == 14
     assert all(torch.equal(end[k], at_switch[k]) for k in flow) == frozen  # the flow moves online only unfrozen

@@ -74,15 +74,18 @@ def test_runs_are_grouped_by_script_task_and_flags_and_scored_exactly(runs, tmp_
     assert fql300["seeds"] == 1 and fql300["mean"] == pytest.approx(0.8) and np.isnan(fql300["ci"][0])
     assert table[CUBE, "driftql"]["mean"] == pytest.approx(0.3) and table[CUBE, "driftql"]["seeds"] == 2
     bandit = table["bandit-4gaussian", "fql"]
-    assert bandit["metric"] == "episodic_return" and bandit["mean"] == pytest.approx(-17.75)
+    # one evaluation after the start: the score is that one, never the untrained step-1 policy's -40
+    assert bandit["metric"] == "episodic_return" and bandit["mean"] == pytest.approx(4.5)
     # the printed markdown table carries the same numbers, and so does final_scores.md
     printed = capsys.readouterr().out
     assert f"| {CUBE} | fql --alpha 10.0 | success_rate | 0.500 | [" in printed
-    assert f"| {CUBE} | fql --alpha 300.0 | success_rate | 0.800 | [–, –] | 1 | 40 |" in printed
-    assert (tmp_path / "fig" / "final_scores.md").read_text().strip() == printed.split("\nfigures:")[0].strip()
+    assert f"| {CUBE} | fql --alpha 300.0 | success_rate | 0.800 | runs: 0.800 | 1 | 40 |" in printed  # no CI from 1
+    assert "note: bandit-4gaussian, fql: fewer than --last 3 evaluations after step 1 for seed(s) 0 (1)" in printed
+    table_lines = "\n".join(line for line in printed.splitlines() if line.startswith("|"))
+    assert (tmp_path / "fig" / "final_scores.md").read_text().strip() == table_lines
     # aggregate: the IQM of the pooled finals, a CI around it
     agg = {r["method"]: r for r in out["aggregate"]}
-    assert agg["fql --alpha 10.0"]["iqm"] == pytest.approx(0.5) and agg["fql"]["iqm"] == pytest.approx(-17.75)
+    assert agg["fql --alpha 10.0"]["iqm"] == pytest.approx(0.5) and agg["fql"]["iqm"] == pytest.approx(4.5)
     lo, hi = agg["fql --alpha 10.0"]["ci"]
     assert 0.4 <= lo <= 0.5 <= hi <= 0.6
     for name in (CUBE, "bandit-4gaussian", "aggregate"):

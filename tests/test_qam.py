@@ -1,7 +1,8 @@
-"""QAM: the schedule, SDE, lean adjoint and adjoint-matching loss of specs/qam.md §7, gradient routing, chunked
-TD targets and chunk execution, and an end-to-end run on regenerated cube data."""
+"""QAM: the schedule, SDE, lean adjoint and adjoint-matching loss (paper §4, official `agents/qam.py`), gradient
+routing, chunked TD targets and chunk execution, and an end-to-end run on regenerated cube data."""
 import copy
 import csv
+import functools
 import glob
 import math
 
@@ -10,6 +11,8 @@ import pytest
 import torch
 
 import common
+import conftest
+import runfiles
 import qam
 from conftest import CUBE_ID, assert_batched_critic, grads_of
 
@@ -17,9 +20,8 @@ S, A, H, B, K = 6, 2, 3, 16, 10
 D = A * H
 
 
-def small_args(**kw):
-    return qam.Args(**{**dict(actor_hidden_dims=(32, 32), value_hidden_dims=(32, 32), horizon=H, num_qs=4,
-                              inv_temp=1.0), **kw})
+small_args = functools.partial(conftest.small_args, qam, horizon=H, num_qs=4, inv_temp=1.0)
+nets_for = functools.partial(conftest.seeded_nets, qam, d=S, a=A)
 
 
 def batch(seed=0, valid=None):
@@ -28,11 +30,6 @@ def batch(seed=0, valid=None):
                 rewards=-torch.rand(B, generator=g), next_observations=torch.randn(B, S, generator=g),
                 masks=(torch.rand(B, generator=g) > 0.3).float(),
                 valid=(torch.rand(B, generator=g) > 0.2).float() if valid is None else valid)
-
-
-def nets_for(args, seed=0):
-    torch.manual_seed(seed)
-    return qam.make_nets(args, S, A)
 
 
 class QuadraticCritic(torch.nn.Module):
@@ -178,6 +175,7 @@ def tilted_fixed_point(steps, n=20_000, iters=15):
     return x.mean().item(), x.var().item()
 
 
+@pytest.mark.slow
 def test_fixed_point_is_the_exponentially_tilted_behaviour_distribution():
     mean, var = tilted_fixed_point(50)  # exact tilt of N(0, 1) by exp(Q): N(0.5, 0.5)
     assert mean == pytest.approx(0.5, abs=0.05) and var == pytest.approx(0.5, abs=0.05)
@@ -393,6 +391,7 @@ def test_sparse_rewards():
 
 
 # ---------------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_end_to_end_on_regenerated_cube_executes_chunks_and_reloads(ogbench_dir, tmp_path, monkeypatch):
     made, act_calls, evals = [], [], []
     real_make, real_act, real_evaluate = qam.make_nets, qam.act, common.evaluate
@@ -401,7 +400,7 @@ def test_end_to_end_on_regenerated_cube_executes_chunks_and_reloads(ogbench_dir,
         made.append(real_make(*a, **kw))
         return made[-1]
 
-    def recording_act(nets, obs, args=None):
+    def recording_act(nets, obs, args):
         out = real_act(nets, obs, args)
         act_calls.append(out)
         return out
@@ -439,7 +438,7 @@ def test_end_to_end_on_regenerated_cube_executes_chunks_and_reloads(ogbench_dir,
     ea.Reload()
     assert {"losses/critic_loss", "losses/adj_loss", "losses/bc_flow_loss", "losses/grad_norm",
             "eval/success_rate"} <= set(ea.Tags()["scalars"])
-    payload = common.load_checkpoint(f"{d}/qam.pt", "qam", torch.device("cpu"))
+    payload = runfiles.load_checkpoint(f"{d}/qam.pt", "qam", torch.device("cpu"))
     assert payload["step"] == 100
     saved_args = qam.Args(**payload["args"])
     reloaded = real_make(saved_args, 28, 5)  # cube-single: 28-D observations, 5-D actions

@@ -9,7 +9,7 @@ import shlex
 import pytest
 import tyro
 
-import common
+import plumbing
 from conftest import ROOT
 
 METHODS = ["fql", "driftql", "dfp", "qam", "deflow"]
@@ -44,11 +44,10 @@ def test_every_method_page_gives_its_commands(algo):
 def test_readme_command_parses(command):
     argv = shlex.split(command)
     module = importlib.import_module(argv[1][:-3])
-    args = tyro.cli(module.Args, args=argv[2:])
-    assert isinstance(args, module.Args)
+    args = tyro.cli(module.Args, args=argv[2:])  # exits (SystemExit) on an unknown flag or a bad value
     if hasattr(args, "resume"):  # every value lies in its allowed range too (the checkpoint need not exist here)
         args = dataclasses.replace(args, resume=None)
-    common.check_args(args, getattr(module, "LIMITS", {}))
+    plumbing.check_args(args, getattr(module, "LIMITS", {}))
 
 
 def test_ci_runs_the_readme_test_command():

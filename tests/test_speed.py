@@ -1,33 +1,47 @@
 """The speed work shared by the five scripts: the batched critic ensemble, the frozen critic of the actor's Q term,
 --precision bf16 and --compile. Speed itself is measured by benchmark.py, never here."""
 import copy
-import dataclasses
 import importlib
 import math
 
 import pytest
 import torch
 
+import plumbing
+
 SCRIPTS = ["fql", "driftql", "dfp", "qam", "deflow"]
 
 
 # ---------------------------------------------------------------------------------------------------- batched ensemble
-@pytest.mark.parametrize("name", SCRIPTS)
+# The Critic class is the same text in all five scripts (tests/test_layout.py), so fql's stands for all of them.
+def stacked(members: list) -> dict:
+    """The state dict of a batched Critic holding these per-member mlps: weights.l [num_qs, in, out], biases.l
+    [num_qs, 1, out], norm_weights.l and norm_biases.l [num_qs, 1, h]."""
+    out = {}
+    for kind, names in ((torch.nn.Linear, ("weights", "biases")), (torch.nn.LayerNorm, ("norm_weights", "norm_biases"))):
+        layers = [[m for m in q if isinstance(m, kind)] for q in members]
+        for l in range(len(layers[0])):
+            out[f"{names[0]}.{l}"] = torch.stack([q[l].weight.T if kind is torch.nn.Linear else q[l].weight[None]
+                                                  for q in layers])
+            out[f"{names[1]}.{l}"] = torch.stack([q[l].bias[None] for q in layers])
+    return out
+
+
 @pytest.mark.parametrize("num_qs,layer_norm", [(1, True), (2, True), (2, False), (10, True)])
-def test_batched_critic_equals_a_loop_over_member_mlps(name, num_qs, layer_norm):
-    mod = importlib.import_module(name)
+def test_batched_critic_equals_a_loop_over_member_mlps(num_qs, layer_norm):
+    import fql
     hidden, d, a = (32, 16, 24), 5, 3
     torch.manual_seed(0)
-    loop = [mod.mlp(d + a, hidden, 1, layer_norm) for _ in range(num_qs)]  # the ensemble as it used to be
+    loop = [fql.mlp(d + a, hidden, 1, layer_norm) for _ in range(num_qs)]  # the official ensemble: one mlp a member
     torch.manual_seed(0)
-    critic = mod.Critic(d, a, hidden, layer_norm, num_qs)
+    critic = fql.Critic(d, a, hidden, layer_norm, num_qs)
     # same seed, same draws: the members' initial weights are the loop's, not only the same distribution
-    assert all(torch.equal(critic.state_dict()[k], v) for k, v in mod.Critic.stack(loop).items())
+    assert all(torch.equal(critic.state_dict()[k], v) for k, v in stacked(loop).items())
     with torch.no_grad():  # perturb every tensor so that biases and LayerNorm affines are not trivially 0 and 1
         for q in loop:
             for p in q.parameters():
                 p.add_(0.1 * torch.randn_like(p))
-    critic.load_state_dict(mod.Critic.stack(loop))
+    critic.load_state_dict({k: v.detach() for k, v in stacked(loop).items()})
     obs, act = torch.randn(7, d), torch.rand(7, a) * 2 - 1
     want = torch.stack([q(torch.cat([obs, act], -1)).squeeze(-1) for q in loop])
     torch.testing.assert_close(critic(obs, act), want, rtol=1e-5, atol=1e-5)  # float rounding only
@@ -39,18 +53,11 @@ def test_batched_critic_equals_a_loop_over_member_mlps(name, num_qs, layer_norm)
     for g, q in zip(grads, loop):
         for pg, p in zip(g.parameters(), q.parameters()):
             pg.data = p.grad
-    for k, v in mod.Critic.stack(grads).items():
+    for k, v in stacked(grads).items():
         torch.testing.assert_close(critic.get_parameter(k).grad, v, rtol=1e-4, atol=1e-5)
     # leading batch dims are kept: [num_qs, K, B]
     torch.testing.assert_close(critic(obs.expand(2, 7, d), act.expand(2, 7, a)), want.unsqueeze(1).expand(-1, 2, -1),
                                rtol=1e-5, atol=1e-5)
-    # a checkpoint of the loop ensemble (keys qs.<member>.<layer>.*) loads into the batched one
-    old = {f"qs.{j}.{k}": v for j, q in enumerate(loop) for k, v in q.state_dict().items()}
-    fresh = mod.Critic(d, a, hidden, layer_norm, num_qs)
-    fresh.load_state_dict(old)
-    torch.testing.assert_close(fresh(obs, act), want, rtol=1e-5, atol=1e-5)
-    with pytest.raises(RuntimeError):  # an old checkpoint of other sizes still fails loudly
-        mod.Critic(d, a, (32, 16, 8), layer_norm, num_qs).load_state_dict(old)
 
 
 def test_batched_members_are_drawn_independently():
@@ -61,33 +68,6 @@ def test_batched_members_are_drawn_independently():
     corr = torch.corrcoef(w)
     assert float((corr - torch.eye(10)).abs().max()) < 0.05
     assert float(w.std(1).div((2 / (37 + 512)) ** 0.5).sub(1).abs().max()) < 0.05  # Xavier-uniform std
-
-
-def test_a_checkpoint_of_the_loop_ensemble_refuses_resume_in_one_line(tmp_path):
-    import fql
-    from conftest import run_dir_of
-    args = fql.Args(env_id="bandit-4gaussian", actor_hidden_dims=(8,), value_hidden_dims=(8,), batch_size=16,
-                    eval_interval=2, device="cpu", offline_steps=2, runs_dir=str(tmp_path / "a"))
-    fql.main(args)
-    path = f"{run_dir_of(tmp_path / 'a')}/fql.pt"
-    payload = torch.load(path, weights_only=True)
-    want = dict(payload["nets"])
-    nets = payload["nets"]  # rewrite the critics in the layout of the loop ensemble: qs.<member>.<layer>.*
-    for c in ("critic", "target_critic"):
-        for j in range(2):
-            for i, l in ((0, 0), (3, 1)):
-                nets[f"{c}.qs.{j}.{i}.weight"] = want[f"{c}.weights.{l}"][j].T.clone()
-                nets[f"{c}.qs.{j}.{i}.bias"] = want[f"{c}.biases.{l}"][j, 0].clone()
-            nets[f"{c}.qs.{j}.2.weight"] = want[f"{c}.norm_weights.0"][j, 0].clone()
-            nets[f"{c}.qs.{j}.2.bias"] = want[f"{c}.norm_biases.0"][j, 0].clone()
-        for k in [k for k in nets if k.startswith(f"{c}.") and ".qs." not in k]:
-            del nets[k]
-    torch.save(payload, path)
-    fresh = fql.make_nets(args, 2, 2)  # the bandit: 2-D obs, 2-D action
-    fresh.load_state_dict(payload["nets"])  # its networks load ...
-    assert all(torch.equal(v, want[k]) for k, v in fresh.state_dict().items())
-    with pytest.raises(ValueError, match="predates the batched critic ensemble.*start a new run"):  # ... resume not
-        fql.main(dataclasses.replace(args, offline_steps=4, runs_dir=str(tmp_path / "b"), resume=path))
 
 
 # ---------------------------------------------------------------------------------------------------- --compile, --precision
@@ -129,6 +109,7 @@ def steps(mod, args, batch, loss_fn, n=3, fused=None):
     return metrics, nets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_the_loss_compiles_with_fullgraph_and_the_compiled_update_matches_eager(name, monkeypatch):
     """fullgraph=True fails on any graph break. The traced graph (forward and backward, backend aot_eager: the same
@@ -148,14 +129,14 @@ def test_the_loss_compiles_with_fullgraph_and_the_compiled_update_matches_eager(
     assert not all(torch.equal(a, b) for a, b in zip(eager_nets.parameters(), mod.make_nets(args, D, A).parameters()))
 
 
+@pytest.mark.slow
 def test_compiled_fql_update_with_inductor_and_fused_adam_matches_eager(monkeypatch):
-    """The path of --compile on the CPU end to end: common.compiled (inductor, C++) and the fused Adam."""
-    import common
+    """The path of --compile on the CPU end to end: plumbing.compiled (inductor, C++) and the fused Adam."""
     mod, args, batch = tiny("fql", flow_steps=2)  # a smaller graph: C++ compilation takes most of this test's time
     fixed_noise(monkeypatch)
     eager, eager_nets = steps(mod, args, batch, mod.losses, n=2)
     torch._dynamo.reset()
-    compiled, compiled_nets = steps(mod, args, batch, common.compiled(mod.losses, torch.device("cpu")), n=2,
+    compiled, compiled_nets = steps(mod, args, batch, plumbing.compiled(mod.losses, torch.device("cpu")), n=2,
                                     fused=True)
     for k in eager[-1]:
         torch.testing.assert_close(compiled[-1][k], eager[-1][k], rtol=1e-4, atol=1e-5, msg=k)
@@ -172,14 +153,10 @@ def test_bf16_autocasts_the_matmuls_and_keeps_losses_parameters_and_adam_state_f
     fp32, _ = steps(mod, tiny(name)[1], batch, mod.losses, n=2)
     ratio = metrics[-1]["critic_loss"] / fp32[-1]["critic_loss"]
     assert 0.9 < float(ratio) < 1.1 and float(ratio) != 1.0  # bf16 matmuls did run: close to fp32, not equal
-    with common_autocast("bf16"):
+    with plumbing.autocast("bf16", torch.device("cpu")):
         y = nets["critic"](batch["observations"], torch.zeros(B, nets["critic"].weights[0].shape[1] - D))
     assert y.dtype == torch.float32
 
-
-def common_autocast(precision):
-    import common
-    return common.autocast(precision, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("name", ["driftql", "dfp"])
@@ -187,13 +164,14 @@ def test_bf16_drift_fields_are_computed_in_fp32(name):
     mod = importlib.import_module(name)
     gen = torch.rand(4, 6, 3) * 2 - 1  # generator samples: fp32, as every network's output under autocast
     pos = torch.rand(4, 1, 3) * 2 - 1
-    with common_autocast("bf16"):
+    with plumbing.autocast("bf16", torch.device("cpu")):
         out = mod.drift_loss(gen, pos, 0.2, "laplace", 1.0) if name == "driftql" else mod.drift_loss(gen, pos, (0.2,))
     assert out[0].dtype == torch.float32 and out[1].dtype == torch.float32  # the loss and the field V
     want = mod.drift_loss(gen, pos, 0.2, "laplace", 1.0) if name == "driftql" else mod.drift_loss(gen, pos, (0.2,))
     torch.testing.assert_close(out[1], want[1], rtol=1e-6, atol=1e-7)  # the field as without autocast
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["fql", "driftql", "dfp"])
 def test_compiled_bf16_update_matches_eager_bf16(name, monkeypatch):
     mod, args, batch = tiny(name, precision="bf16")
@@ -206,6 +184,7 @@ def test_compiled_bf16_update_matches_eager_bf16(name, monkeypatch):
         torch.testing.assert_close(compiled[-1][k], eager[-1][k], rtol=1e-3, atol=1e-4, msg=k)
 
 
+@pytest.mark.slow
 def test_benchmark_times_every_requested_mode():
     import benchmark
     (row,) = benchmark.main(benchmark.Args(algos=("fql",), modes=("eager", "bf16"), steps=1, act_calls=1,

@@ -79,6 +79,7 @@ def test_bad_grids_get_one_error_line(argv, message, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_command_line_says_one_line_too():
     argv = ["qam.py", "--env-ids", "bandit-4gaussian", "--flags", "horizon=x"]
     out = subprocess.run([sys.executable, "sweep.py", *argv], cwd=sweep.ROOT, capture_output=True, text=True)
@@ -86,6 +87,7 @@ def test_the_command_line_says_one_line_too():
     assert out.stderr.startswith("error: qam.py rejects --env-id bandit-4gaussian --seed 0 --horizon x")
 
 
+@pytest.mark.slow
 def test_two_tasks_two_seeds_end_to_end_then_a_relaunch_skips_them(tmp_path, ogbench_dir, capsys):
     args = sweep.Args("fql.py", env_ids=(f"{{bandit-4gaussian,{MAZE_ID}}}",), seeds=("0-1",),
                       flags=("offline-steps=2", "eval-interval=2", *TINY), sweep_dir=str(tmp_path), parallel=2)
@@ -129,6 +131,7 @@ def wait_for(condition, timeout=120):
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_on_relaunch_and_ends_like_an_uninterrupted_one(tmp_path, uninterrupted, capsys):
     args = sweep.Args("fql.py", env_ids=("bandit-4gaussian",), flags=LONG, sweep_dir=str(tmp_path))
     (folder,) = [Path(r.folder) for r in sweep.grid(args, tmp_path)]
@@ -150,6 +153,7 @@ def test_a_killed_run_resumes_on_relaunch_and_ends_like_an_uninterrupted_one(tmp
     assert eval_rows(folder) == uninterrupted  # one run folder, every evaluation number identical
 
 
+@pytest.mark.slow
 def test_submitits_checkpoint_signal_requeues_the_run_which_resumes(tmp_path, uninterrupted):
     """USR2 (Slurm's warning before the time limit, or a preemption) to the job: submitit calls Run.checkpoint, which
     stops the script, and requeues the run (the local executor starts it again), which resumes from its checkpoint."""
@@ -167,6 +171,7 @@ def test_submitits_checkpoint_signal_requeues_the_run_which_resumes(tmp_path, un
     assert eval_rows(folder) == uninterrupted
 
 
+@pytest.mark.slow
 def test_slurm_array_parameters_and_mapping(tmp_path, capsys):
     """sweep.py's job array through submitit's own Slurm executor; submitit's mock answers sbatch and sacct."""
     args = sweep.Args("fql.py", env_ids=("bandit-4gaussian", "{pointmaze,antmaze}-medium-navigate-singletask-task1-v0"),
@@ -202,3 +207,40 @@ def test_slurm_array_parameters_and_mapping(tmp_path, capsys):
         assert subprocess.run([sys.executable, *command.split()], env=env).returncode == 0
         assert sweep.state_of(Path(runs[0].folder)) == ("done", "")
         assert runs[0].argv[:2] == ["--env-id", "bandit-4gaussian"]
+
+
+def processes_under(folder: Path) -> list:
+    """PIDs of live processes whose command line names `folder` (the sweep's jobs and their scripts)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(folder) in cmd and state != "Z" and int(pid) != os.getpid():
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_sweep_and_every_run_it_started(tmp_path):
+    flags = ["offline-steps=100000", "eval-interval=20", *TINY]
+    cmd = [sys.executable, "sweep.py", "fql.py", "--env-ids", "bandit-4gaussian", "--seeds", "0-1", "--parallel", "2",
+           "--sweep-dir", str(tmp_path), "--flags", *flags]
+    proc = subprocess.Popen(cmd, cwd=sweep.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(list(tmp_path.glob("*/*/fql.pt"))) == 2, timeout=180)
+        assert len(processes_under(tmp_path)) >= 2  # the scripts (and their jobs) are running
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stopped by SIGTERM: 2 runs stopped"), err[-600:]
+    time.sleep(1)
+    assert processes_under(tmp_path) == []  # nothing of the sweep survives
+    for ckpt in tmp_path.glob("*/*/fql.pt"):  # each run keeps a checkpoint to resume from
+        assert torch.load(ckpt, weights_only=True)["step"] >= 1
