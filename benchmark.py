@@ -88,6 +88,20 @@ def count_forward_evaluations(nets: nn.ModuleDict, fn) -> int:
     return len(calls)
 
 
+def count_kernel_ops(fn) -> int:
+    """Operator calls that launch work while fn() runs: the profiler's leaf aten ops (those that call no other aten
+    op), plus each compiled kernel. On a GPU each is about one kernel launch, the cost that dominates small updates."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = prof.events()
+    aten = [e for e in events if e.name.startswith("aten::")]
+    leaves = [e for e in aten if not any(c.name.startswith("aten::") for c in e.cpu_children)]
+    kernels = [e for e in events if e.name.startswith(("cpp_fused", "triton_", "CompiledFunction"))]
+    return len(leaves) + len(kernels)
+
+
 def ms_per_call(fn, calls: int, device: torch.device) -> float:
     for _ in range(5):
         fn()
@@ -138,6 +152,8 @@ def bench(name: str, args: Args, device: torch.device, data: common.Dataset) -> 
             mod.update(nets, opt, sample(data, margs), margs, loss_fn=loss_fn)
         sync(device)
         row[mode] = args.steps / (time.perf_counter() - t)
+        batch = sample(data, margs)
+        row[f"ops_{mode}"] = count_kernel_ops(lambda: mod.update(nets, opt, batch, margs, loss_fn=loss_fn))
         row["batch"] = margs.batch_size
     return row
 
@@ -171,6 +187,7 @@ def main(args: Args) -> list:
                for m in ("eager", "compile") if m in args.modes for b in (1, 50)]
             + [(f"compile s{'' if m == 'compile' else ' (bf16)'}", f"compile_s_{m}", ".0f")
                for m in ("compile", "compile-bf16") if m in args.modes]
+            + [(f"ops/step {names[m]}", f"ops_{m}", "d") for m in args.modes]
             + [("NFE/act call", "nfe", "d"), ("actions/call", "per_call", "d"), ("params (M)", "params_m", ".2f")])
     head = "| algo       | " + " | ".join(c[0] for c in cols) + " |"
     print(head + "\n|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|")

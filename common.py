@@ -243,19 +243,21 @@ def evaluate_bandit(policy: Callable[[torch.Tensor], torch.Tensor], device: torc
     return out
 
 
-def save_bandit_png(actions: np.ndarray, path: str, peaks: np.ndarray = BANDIT_PEAKS, size: int = 440) -> None:
-    """Samples (black) over the reward landscape (dark blue = -4 or less, yellow = 5), axes [-1.1, 1.1]."""
-    from PIL import Image
+def save_bandit_png(actions: np.ndarray, path: str, peaks: np.ndarray = BANDIT_PEAKS) -> None:
+    """Samples (black) over the reward landscape, axes [-1.1, 1.1] as in DriftQL Fig. 1, colour bar from -4 (or
+    less) to 5. 440 x 440 pixels."""
+    from matplotlib.figure import Figure  # no pyplot: no display, no global state
 
-    lin = np.linspace(-1.1, 1.1, size, dtype=np.float32)
-    grid = np.stack(np.meshgrid(lin, -lin), -1)  # image rows go top to bottom
-    r = np.clip((bandit_reward(grid, peaks) + 4) / 9, 0, 1)[..., None]
-    img = ((1 - r) * np.array([30, 40, 110]) + r * np.array([250, 225, 60])).astype(np.uint8)
-    px = np.clip(((actions + 1.1) / 2.2 * (size - 1)).round().astype(int), 1, size - 2)
-    for dx in (-1, 0, 1):
-        for dy in (-1, 0, 1):
-            img[size - 1 - px[:, 1] + dy, px[:, 0] + dx] = 0
-    Image.fromarray(img).save(path)
+    lin = np.linspace(-1.1, 1.1, 300, dtype=np.float32)
+    fig = Figure(figsize=(4.4, 4.4), dpi=100)
+    ax = fig.add_subplot()
+    image = ax.imshow(bandit_reward(np.stack(np.meshgrid(lin, lin), -1), peaks), extent=(-1.1, 1.1, -1.1, 1.1),
+                      origin="lower", vmin=-4, vmax=5, cmap="viridis")
+    ax.scatter(actions[:, 0], actions[:, 1], s=2, c="black", linewidths=0)
+    ax.set(xlim=(-1.1, 1.1), ylim=(-1.1, 1.1), xlabel="action 1", ylabel="action 2")
+    fig.colorbar(image, ax=ax, label="reward", shrink=0.8)
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def chunked_policy(policy, horizon: int):

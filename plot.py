@@ -5,9 +5,11 @@ Runs are grouped by script, task (--env-id) and flags. The seed and the bookkeep
 experiment name, --resume, device, logging, evaluation schedule, step budget) are set aside, and the folders of one
 seed (a run and its --resume continuations) are joined in step order. When a run also evaluated the flow-BC baseline
 (--eval-bc-flow), that baseline is a method of its own, "<script>: flow BC".
-- One PNG per task: the mean over seeds at every evaluation step, with a 95 % bootstrap confidence band.
+- One PNG per task: the mean over seeds at every evaluation step, with a 95 % bootstrap band where 3 or more seeds
+  have it.
 - A markdown table of final scores (printed and written to final_scores.md): the final score of a run is the mean of
-  its last 3 evaluations; the table gives the mean over seeds, its 95 % bootstrap CI and the number of seeds.
+  its last 3 evaluations after step 1; the table gives the mean over seeds, its 95 % bootstrap CI from 3 or more
+  seeds (else each run's score) and the number of seeds.
 - aggregate.png: per method, the interquartile mean (IQM) of the final scores of all its runs over all tasks, with a
   95 % stratified bootstrap CI (seeds resampled within each task), the protocol of Agarwal et al., "Deep RL at the
   Edge of the Statistical Precipice" (NeurIPS 2021). Their rliable package (1.2.0) does not import next to pandas 3
@@ -145,9 +147,10 @@ def fmt_flag(name: str, value) -> str:
 
 # ---------------------------------------------------------------------------------------------------- statistics
 def bootstrap_ci(x: np.ndarray, rng: np.random.Generator, resamples: int) -> tuple:
-    """95 % percentile-bootstrap CI of the mean of x (seeds resampled with replacement); NaN with fewer than 2."""
+    """95 % percentile-bootstrap CI of the mean of x (seeds resampled with replacement); NaN with fewer than 3 seeds,
+    from which no interval is claimed."""
     x = np.asarray(x, dtype=float)
-    if len(x) < 2:
+    if len(x) < 3:
         return float("nan"), float("nan")
     means = x[rng.integers(len(x), size=(resamples, len(x)))].mean(1)
     return tuple(np.percentile(means, [2.5, 97.5]))
@@ -194,20 +197,31 @@ def plot_task(path: Path, task: str, metric: str, curves: dict, rng, resamples: 
     plt.close(fig)
 
 
-def plot_aggregate(path: Path, rows: list, metrics: set, ntasks: int) -> None:
+def plot_aggregate(path: Path, rows: list, ntasks: int) -> None:
+    """One panel per metric (a success rate and a return never share an axis): per method, the IQM of its final
+    scores with the 95 % stratified bootstrap CI. Long method names wrap; nothing is cut off."""
+    import textwrap
+
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(rows) + 1.4))
-    for i, r in enumerate(rows):
-        ax.errorbar(r["iqm"], i, xerr=[[r["iqm"] - r["ci"][0]], [r["ci"][1] - r["iqm"]]], fmt="o", capsize=4)
-    ax.set_yticks(range(len(rows)), [f"{r['method']} ({r['tasks']} tasks, {r['runs']} runs)" for r in rows],
-                  fontsize=8)
-    ax.invert_yaxis()
-    ax.set(xlabel=f"IQM of the final {' / '.join(sorted(metrics))}\n(95 % stratified bootstrap CI)",
-           title=f"Aggregate over {ntasks} task{'s' * (ntasks > 1)}")
-    ax.grid(alpha=0.3, axis="x")
+    metrics = sorted({r["metric"] for r in rows})
+    sizes = [sum(r["metric"] == m for r in rows) for m in metrics]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(7.2, 0.6 * sum(sizes) + 1.3 * len(metrics)), squeeze=False,
+                             gridspec_kw=dict(height_ratios=sizes))
+    for ax, metric in zip(axes[:, 0], metrics):
+        mine = [r for r in rows if r["metric"] == metric]
+        for i, r in enumerate(mine):  # no interval from fewer than 3 runs
+            err = [[r["iqm"] - r["ci"][0]], [r["ci"][1] - r["iqm"]]] if r["runs"] >= 3 else None
+            ax.errorbar(r["iqm"], i, xerr=err, fmt="o", capsize=4)
+        ax.set_yticks(range(len(mine)), [textwrap.fill(f"{r['method']} ({r['tasks']} task{'s' * (r['tasks'] > 1)}, "
+                                                       f"{r['runs']} run{'s' * (r['runs'] > 1)})", 45) for r in mine],
+                      fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"IQM of the final {metric} (95 % stratified bootstrap CI)", fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0, 0].set_title(f"Aggregate over {ntasks} task{'s' * (ntasks > 1)}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -247,11 +261,11 @@ def main(args: Args) -> dict:
                               ci=bootstrap_ci(finals, rng, args.resamples), seeds=len(finals), finals=finals,
                               steps=f"{last_steps[0]}" + (f"-{last_steps[-1]}" if len(last_steps) > 1 else "")))
     aggregate = []
-    for method in sorted({r["method"] for r in table}):
-        per_task = [r["finals"] for r in table if r["method"] == method]
-        aggregate.append(dict(method=method, iqm=iqm(np.concatenate(per_task)), tasks=len(per_task),
+    for method, metric in sorted({(r["method"], r["metric"]) for r in table}):  # never pool two metrics
+        per_task = [r["finals"] for r in table if (r["method"], r["metric"]) == (method, metric)]
+        aggregate.append(dict(method=method, metric=metric, iqm=iqm(np.concatenate(per_task)), tasks=len(per_task),
                               runs=sum(map(len, per_task)), ci=stratified_bootstrap_ci(per_task, rng, args.resamples)))
-    plot_aggregate(out / "aggregate.png", aggregate, {r["metric"] for r in table}, len(metrics))
+    plot_aggregate(out / "aggregate.png", aggregate, len(metrics))
     fmt = lambda x: "–" if np.isnan(x) else f"{x:.3f}"  # noqa: E731
     spread = lambda r: f"[{fmt(r['ci'][0])}, {fmt(r['ci'][1])}]" if r["seeds"] >= 3 else \
         "runs: " + ", ".join(map(fmt, r["finals"]))  # noqa: E731  (no interval from fewer than 3 seeds)

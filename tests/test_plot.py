@@ -140,3 +140,10 @@ def test_a_run_from_before_a_flag_existed_groups_with_the_runs_at_its_default(tm
     series, _ = plot.group_series(plot.read_runs((str(root),)), None)
     assert {m: sorted(s) for (_, m), s in series.items()} == {"fql --precision fp32": [0, 1],
                                                                 "fql --precision bf16": [0]}
+
+
+def test_the_aggregate_never_pools_two_metrics(runs, tmp_path):
+    write_run(runs, "bandit__driftql__0", driftql, rows([1, 100], episodic_return=[-40.0, 2.0]), env_id="bandit-4gaussian")
+    out = plot.main(plot.Args(folders=(str(runs),), out=str(tmp_path / "fig"), resamples=50))
+    driftql_rows = sorted((r["metric"], r["tasks"], r["iqm"]) for r in out["aggregate"] if r["method"] == "driftql")
+    assert driftql_rows == [("episodic_return", 1, 2.0), ("success_rate", 1, pytest.approx(0.3))]
