@@ -225,10 +225,12 @@ def test_resume_mid_online_keeps_the_transitions_and_the_step(name, ogbench_dir,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_script_runs_offline_then_online(name, ogbench_dir, tmp_path):
+def test_script_runs_offline_then_online(name, ogbench_dir, tmp_path, capsys):
     mod, args = tiny_args(name, env_id=MAZE_ID, offline_steps=10, online_steps=200, start_training=50,
                           eval_interval=1000, log_interval=40, runs_dir=str(tmp_path))
     result = mod.main(args)
+    out = capsys.readouterr().out
+    assert "10 offline steps + 200 online env steps" in out and "offline done at step 10; online for 200" in out
     d = run_dir_of(tmp_path)
     assert [r["step"] for r in csv.DictReader(open(f"{d}/eval.csv"))] == ["1", "10", "210"]  # offline + online steps
     assert "success_rate" in result
