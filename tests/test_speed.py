@@ -185,10 +185,12 @@ def test_compiled_bf16_update_matches_eager_bf16(name, monkeypatch):
 
 
 @pytest.mark.slow
-def test_benchmark_times_every_requested_mode():
+def test_benchmark_times_every_requested_mode(tmp_path):
     import benchmark
     (row,) = benchmark.main(benchmark.Args(algos=("fql",), modes=("eager", "bf16"), steps=1, act_calls=1,
-                                           device="cpu", obs_dim=5, action_dim=2))
+                                           device="cpu", obs_dim=5, action_dim=2, out=str(tmp_path / "t.md")))
+    text = (tmp_path / "t.md").read_text()  # the table as a file: machine, commit, command and load average first
+    assert "- machine: " in text and "- commit: " in text and "- load average" in text and "| fql " in text
     assert row["eager"] > 0 and row["bf16"] > 0 and row["ms_b1_eager"] > 0 and row["nfe"] == 1
     assert "compile" not in row and row["params_m"] > 3
     # operator calls per update (a GPU's kernel launches): dozens for FQL's three networks, the same in both modes
