@@ -113,12 +113,13 @@ def script_defaults(script: str) -> dict:
 
 
 def group_series(runs: list, override: Optional[str]) -> tuple:
-    """-> series {(task, method): {seed: {step: value}}} and the metric of each task. The method is the script, plus
-    the flags that differ between that script's groups on the task (the seed and BOOKKEEPING aside)."""
+    """-> series {(task, method): {seed: {step: value}}}, the metric of each task and the commits of each (task,
+    method) (`run.commit` of args.json, short; '?' for a run folder that did not record it). The method is the
+    script, plus the flags that differ between that script's groups on the task (the seed and BOOKKEEPING aside)."""
     by_task = defaultdict(list)
     for r in runs:
         by_task[r["args"]["env_id"]].append(r)
-    series, metrics = defaultdict(lambda: defaultdict(dict)), {}
+    series, metrics, commits = defaultdict(lambda: defaultdict(dict)), {}, defaultdict(set)
     for task, task_runs in by_task.items():
         metric = metrics[task] = task_metric(task_runs, override)
         flags = {id(r): {k: v for k, v in {**script_defaults(r["args"]["script"]), **r["args"]}.items()
@@ -134,7 +135,8 @@ def group_series(runs: list, override: Optional[str]) -> tuple:
                     if col in r["cols"]:
                         series[task, name][r["args"]["seed"]].update(zip(r["cols"]["step"].astype(int).tolist(),
                                                                         r["cols"][col].tolist()))
-    return series, metrics
+                        commits[task, name].add((r["args"].get("run") or {}).get("commit") or "?")
+    return series, metrics, commits
 
 
 def fmt_flag(name: str, value) -> str:
@@ -244,7 +246,7 @@ def main(args: Args) -> dict:
     except OSError as e:
         raise SystemExit(f"error: --out {out} cannot be written ({e.strerror}); pass a folder you can write") from None
     rng = np.random.default_rng(args.seed)
-    series, metrics = group_series(read_runs(args.folders), args.metric)
+    series, metrics, commits = group_series(read_runs(args.folders), args.metric)
     table = []
     for task in sorted(metrics):
         curves = {m: seeds for (t, m), seeds in sorted(series.items()) if t == task}
@@ -259,6 +261,7 @@ def main(args: Args) -> dict:
             last_steps = sorted({max(s) for s in seeds.values()})
             table.append(dict(task=task, method=method, metric=metrics[task], mean=float(finals.mean()),
                               ci=bootstrap_ci(finals, rng, args.resamples), seeds=len(finals), finals=finals,
+                              seed_ids=sorted(seeds), commits=sorted(c[:7] for c in commits[task, method]),
                               steps=f"{last_steps[0]}" + (f"-{last_steps[-1]}" if len(last_steps) > 1 else "")))
     aggregate = []
     for method, metric in sorted({(r["method"], r["metric"]) for r in table}):  # never pool two metrics
@@ -270,9 +273,9 @@ def main(args: Args) -> dict:
     spread = lambda r: f"[{fmt(r['ci'][0])}, {fmt(r['ci'][1])}]" if r["seeds"] >= 3 else \
         "runs: " + ", ".join(map(fmt, r["finals"]))  # noqa: E731  (no interval from fewer than 3 seeds)
     lines = [f"| task | method | metric | final score (mean of the last {args.last} evaluations after step 1) | "
-             "95 % CI (3+ seeds), else the runs | seeds | steps |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['method']} | {r['metric']} | {fmt(r['mean'])} | {spread(r)} | {r['seeds']} | "
-              f"{r['steps']} |" for r in table]
+             "95 % CI (3+ seeds), else the runs | seeds (n: ids) | steps | code |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['method']} | {r['metric']} | {fmt(r['mean'])} | {spread(r)} | {r['seeds']}: "
+              f"{', '.join(map(str, r['seed_ids']))} | {r['steps']} | {' '.join(r['commits'])} |" for r in table]
     text = "\n".join(lines)
     (out / "final_scores.md").write_text(text + "\n")
     print(text)

@@ -79,7 +79,8 @@ def test_runs_are_grouped_by_script_task_and_flags_and_scored_exactly(runs, tmp_
     # the printed markdown table carries the same numbers, and so does final_scores.md
     printed = capsys.readouterr().out
     assert f"| {CUBE} | fql --alpha 10.0 | success_rate | 0.500 | [" in printed
-    assert f"| {CUBE} | fql --alpha 300.0 | success_rate | 0.800 | runs: 0.800 | 1 | 40 |" in printed  # no CI from 1
+    assert f"| {CUBE} | fql --alpha 300.0 | success_rate | 0.800 | runs: 0.800 | 1: 0 | 40 | ? |" in printed  # no CI
+    assert "| 3: 0, 1, 2 | 40 | ? |" in printed  # seeds and code (these folders recorded no commit)
     assert "note: bandit-4gaussian, fql: fewer than --last 3 evaluations after step 1 for seed(s) 0 (1)" in printed
     table_lines = "\n".join(line for line in printed.splitlines() if line.startswith("|"))
     assert (tmp_path / "fig" / "final_scores.md").read_text().strip() == table_lines
@@ -137,13 +138,16 @@ def test_a_run_from_before_a_flag_existed_groups_with_the_runs_at_its_default(tm
     (root / "old" / "args.json").write_text(json.dumps(old))
     write_run(root, "new", fql, rows(steps, success_rate=[0, .4, .6]), env_id=CUBE, seed=1, precision="fp32")
     write_run(root, "bf16", fql, rows(steps, success_rate=[0, .1, .1]), env_id=CUBE, seed=0, precision="bf16")
-    series, _ = plot.group_series(plot.read_runs((str(root),)), None)
+    series, _, _ = plot.group_series(plot.read_runs((str(root),)), None)
     assert {m: sorted(s) for (_, m), s in series.items()} == {"fql --precision fp32": [0, 1],
                                                                 "fql --precision bf16": [0]}
 
 
 def test_the_aggregate_never_pools_two_metrics(runs, tmp_path):
     write_run(runs, "bandit__driftql__0", driftql, rows([1, 100], episodic_return=[-40.0, 2.0]), env_id="bandit-4gaussian")
+    record = json.loads((runs / "bandit__driftql__0" / "args.json").read_text())
+    (runs / "bandit__driftql__0" / "args.json").write_text(json.dumps({**record, "run": {"commit": "abcdef123456"}}))
     out = plot.main(plot.Args(folders=(str(runs),), out=str(tmp_path / "fig"), resamples=50))
+    assert [r["commits"] for r in out["table"] if r["method"] == "driftql"] == [["abcdef1"], ["?"]]  # bandit, cube
     driftql_rows = sorted((r["metric"], r["tasks"], r["iqm"]) for r in out["aggregate"] if r["method"] == "driftql")
     assert driftql_rows == [("episodic_return", 1, 2.0), ("success_rate", 1, pytest.approx(0.3))]
