@@ -53,3 +53,11 @@ def test_readme_command_parses(command):
 def test_ci_runs_the_readme_test_command():
     test_cmd = re.search(r"^(python -m pytest[^\n#]*?)\s*#", README, re.M).group(1).strip()
     assert test_cmd in open(os.path.join(ROOT, ".ci", "run")).read()
+
+
+def test_readme_tables_are_the_files_their_commands_write():
+    """A table between `<!-- table: PATH -->` and `<!-- /table -->` is PATH as plot.py or benchmark.py wrote it."""
+    blocks = re.findall(r"<!-- table: (\S+) -->\n(.*?)<!-- /table -->", README, re.S)
+    assert blocks, "the README's result tables are generated files"
+    for path, text in blocks:
+        assert text.strip() == open(os.path.join(ROOT, path)).read().strip(), path
