@@ -63,6 +63,12 @@ class Args:
     """seed of the synthetic data and the networks"""
     out: Optional[str] = None
     """also write the table to this markdown file, with the machine, commit, command and load average"""
+    loop_steps: int = 0
+    """also time each script's whole training loop (main) for this many steps on the built-in bandit, with the
+    networks at the timed sizes, data on the device and one evaluation at the end: steps/s of the loop, which shows
+    host syncs that the bare update does not (0: skip)"""
+    hidden: Optional[int] = None
+    """width of every hidden layer (4 layers; default: each script's own, 4 x 512)"""
 
 
 def synthetic_data(obs_dim: int, action_dim: int, device: torch.device, n: int = 10_000) -> common.Dataset:
@@ -122,9 +128,14 @@ def ms_per_call(fn, calls: int, device: torch.device) -> float:
     return 1000 * (time.perf_counter() - t) / calls
 
 
+def sizes(args: Args) -> dict:
+    """The network flags of --hidden (none: each script's defaults)."""
+    return dict(actor_hidden_dims=(args.hidden,) * 4, value_hidden_dims=(args.hidden,) * 4) if args.hidden else {}
+
+
 def setup(mod, args: Args, device: torch.device, precision: str, compile: bool) -> tuple:
     """The networks, Adam, loss function and policy of the script's main for one configuration."""
-    margs = mod.Args(device=device.type, precision=precision, compile=compile)
+    margs = mod.Args(device=device.type, precision=precision, compile=compile, **sizes(args))
     torch.manual_seed(args.seed)
     nets = mod.make_nets(margs, args.obs_dim, args.action_dim).to(device)
     opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=margs.lr, fused=compile or None)
@@ -156,15 +167,36 @@ def bench(name: str, args: Args, device: torch.device, data: common.Dataset) -> 
         for _ in range(2):
             mod.update(nets, opt, sample(data, margs), margs, loss_fn=loss_fn)
         sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
         for _ in range(args.steps):
             mod.update(nets, opt, sample(data, margs), margs, loss_fn=loss_fn)
         sync(device)
         row[mode] = args.steps / (time.perf_counter() - t)
+        if device.type == "cuda":
+            row[f"mem_{mode}"] = torch.cuda.max_memory_allocated() / 2 ** 20
         batch = sample(data, margs)
         row[f"ops_{mode}"] = count_kernel_ops(lambda: mod.update(nets, opt, batch, margs, loss_fn=loss_fn))
         row["batch"] = margs.batch_size
+    if args.loop_steps:
+        row["loop"] = time_loop(mod, args, device)
     return row
+
+
+def time_loop(mod, args: Args, device: torch.device) -> float:
+    """Steps/s of the script's whole main(): the bandit (built in, no env package), one evaluation at step 1 and one
+    at the end, logs at the default interval, a checkpoint per evaluation; eager fp32."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as runs:
+        margs = mod.Args(env_id="bandit-4gaussian", offline_steps=args.loop_steps, eval_interval=args.loop_steps,
+                         device=device.type, runs_dir=runs, seed=args.seed, **sizes(args),
+                         **({"horizon": 1} if hasattr(mod.Args, "horizon") else {}))
+        t = time.perf_counter()
+        mod.main(margs)
+        sync(device)
+        return args.loop_steps / (time.perf_counter() - t)
 
 
 def cpu_model() -> str:
@@ -181,7 +213,7 @@ def fmt(row: dict, key: str, spec: str) -> str:
 
 # allowed ranges, checked before any work (plumbing.check_args)
 LIMITS = dict(steps="[1, inf)", act_calls="[1, inf)", obs_dim="[1, inf)", action_dim="[1, inf)", threads="[1, inf)",
-              seed="[0, 4294967295]")
+              seed="[0, 4294967295]", loop_steps="[0, inf)", hidden="[1, inf)")
 SCRIPTS = ("fql", "driftql", "dfp", "qam", "deflow")
 
 
@@ -194,8 +226,9 @@ def main(args: Args) -> list:
         torch.set_num_threads(args.threads)
     device = plumbing.get_device(args.device)
     cpu = f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else f", {torch.cuda.get_device_name()}"
+    nets = f"4 x {args.hidden}" if args.hidden else "at the scripts' defaults (4 x 512)"
     head = (f"torch {torch.__version__}, device {device}{cpu}; synthetic data obs {args.obs_dim}, action "
-            f"{args.action_dim}; networks at each script's defaults (4 x 512)")
+            f"{args.action_dim}; networks {nets}")
     print(head)
     load_before = os.getloadavg()
     data = synthetic_data(args.obs_dim, args.action_dim, device)
@@ -207,6 +240,8 @@ def main(args: Args) -> list:
             + [(f"compile s{'' if m == 'compile' else ' (bf16)'}", f"compile_s_{m}", ".0f")
                for m in ("compile", "compile-bf16") if m in args.modes]
             + [(f"ops/step {names[m]}", f"ops_{m}", "d") for m in args.modes]
+            + [(f"peak MiB {names[m]}", f"mem_{m}", ".0f") for m in args.modes if device.type == "cuda"]
+            + ([(f"loop steps/s ({args.loop_steps} steps)", "loop", ".1f")] if args.loop_steps else [])
             + [("NFE/act call", "nfe", "d"), ("actions/call", "per_call", "d"), ("params (M)", "params_m", ".2f")])
     head_row = "| algo       | " + " | ".join(c[0] for c in cols) + " |"
     lines = [head_row, "|" + "|".join("-" * len(c) for c in head_row.split("|")[1:-1]) + "|"]

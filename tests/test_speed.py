@@ -3,6 +3,7 @@
 import copy
 import importlib
 import math
+import os
 
 import pytest
 import torch
@@ -195,3 +196,21 @@ def test_benchmark_times_every_requested_mode(tmp_path):
     assert "compile" not in row and row["params_m"] > 3
     # operator calls per update (a GPU's kernel launches): dozens for FQL's three networks, the same in both modes
     assert 100 < row["ops_eager"] < 5000 and row["ops_bf16"] >= row["ops_eager"]
+
+
+@pytest.mark.slow
+def test_the_prepared_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
+    """benchmarks/gpu.sh is the one GPU run a session gets: a dry run here must reach its table (every mode's
+    columns and the whole-loop column) and write it with the machine and commit."""
+    import subprocess
+    import sys as _sys
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    out = subprocess.run(["bash", "benchmarks/gpu.sh", str(tmp_path), "--device", "cpu", "--steps", "1", "--act-calls",
+                          "1", "--loop-steps", "10", "--hidden", "16", "--algos", "fql", "qam", "--modes", "eager",
+                          "bf16"], cwd=root,
+                         capture_output=True, text=True, env={**os.environ, "PATH": os.path.dirname(_sys.executable)
+                                                              + os.pathsep + os.environ["PATH"]})
+    assert out.returncode == 0, out.stderr[-800:]
+    table = (tmp_path / "gpu.md").read_text()
+    assert "- machine: " in table and "- commit: " in table and "| fql " in table and "| qam " in table
+    assert "bf16 steps/s" in table and "ops/step fp32 eager" in table and "loop steps/s (10 steps)" in table
