@@ -1,4 +1,5 @@
-"""The run machinery of the five training scripts: nothing here can change a reported number.
+"""The run machinery of the five training scripts: nothing here is the method, and only the flags seeding,
+--precision and --compile reach a number through it.
 
 It holds the command line and its one-line errors, the flag ranges, seeding and the device, the speed flags
 (--compile, --precision bf16), and `Run`: --resume, progress and logs, evaluation records, checkpoints and the NaN
@@ -23,6 +24,7 @@ import torch
 
 import runfiles
 from common import Collector, Task, UsageError
+from common import default_offline_steps as common_default_steps
 
 TRACEBACK_VAR = "OFFLINE_RL_TRACEBACK"  # set to 1 for the full traceback of an `error: ...` line
 
@@ -50,6 +52,8 @@ def cli(main: Callable, args_type: type) -> None:
 
         for bar in list(getattr(tqdm, "_instances", [])):  # end a progress bar's line before the message
             bar.close()
+        for run in list(Run.open):  # flush its logs and release its folder
+            run.close()
         removed = _remove_unfinished_runs()
         if isinstance(e, KeyboardInterrupt):  # Ctrl-C, or SIGTERM through _raise_interrupt: exit 128 + the signal
             signum = e.args[0] if e.args else signal.SIGINT
@@ -62,15 +66,13 @@ def cli(main: Callable, args_type: type) -> None:
         sys.exit(2)
 
 
-_UNFINISHED = []  # run folders this process made that hold no checkpoint yet
-
-
 def _remove_unfinished_runs() -> str:
-    """Removes the run folders this process made before their first checkpoint (a folder --resume cannot use)."""
-    gone = [d for d in _UNFINISHED if d.is_dir()]
+    """Removes the run folders this process made that hold neither a checkpoint nor an evaluation (a folder --resume
+    cannot use)."""
+    gone = [d for d in runfiles.UNFINISHED if d.is_dir()]
     for d in gone:
         shutil.rmtree(d, ignore_errors=True)
-    _UNFINISHED.clear()
+    runfiles.UNFINISHED.clear()
     return f"; removed the run folder {gone[0]}, which held no checkpoint yet" if gone else ""
 
 
@@ -175,10 +177,13 @@ def compiled(fn, device: torch.device):
 
 
 # ---------------------------------------------------------------------------------------------------- the run
-# Flags a continuation (--resume) may change: the budget, the logging, the machine and, for the NaN advice, --lr.
-# The online-phase flags may change too while the checkpoint is from the offline phase (the switch is then chosen).
+# Flags a continuation (--resume) may change: the budget, the evaluation schedule, the logging, the machine and,
+# for the NaN advice, --lr. The online-phase flags may change too while the checkpoint is from the offline phase
+# (the switch is then chosen), and --offline-steps only then. Evaluations draw noise from torch's generator, so a
+# changed budget or schedule changes the course of the rest of the run; unchanged flags resume bit-exactly.
 CONTINUATION_FLAGS = ("offline_steps", "online_steps", "eval_interval", "log_interval", "runs_dir", "resume", "lr",
-                      "device", "compile", "track", "wandb_project_name", "wandb_entity", "save_model", "eval_bc_flow")
+                      "device", "torch_deterministic", "compile", "track", "wandb_project_name", "wandb_entity",
+                      "save_model")
 ONLINE_FLAGS = ("buffer_size", "start_training", "balanced_sampling", "fix_bc_flow_online")
 
 
@@ -190,22 +195,21 @@ class Run:
     online replay) and continues in the checkpoint's own folder, so a run keeps one eval.csv and one tensorboard
     history however often it is interrupted. The step axis counts offline gradient steps, then online env steps."""
 
+    open = []  # the runs of this process not closed yet: cli closes them after an error
+
     def __init__(self, args, script: str, nets: torch.nn.Module, opt, task: Task, online: Optional[Collector],
                  steps: int):
         self.args, self.algo, self.nets, self.opt, self.task, self.online = args, Path(script).stem, nets, opt, task, \
             online
         self.steps, self.total = steps, steps + args.online_steps
         self.device = task.train.observations.device
-        changed = {}
+        changed, resumed = {}, 0
         if args.resume:
-            self.first, changed = self._resume(args.resume)
-            self.first += 1
-        else:
-            self.first = 1
-        self.dir, self.writer, self.lock = runfiles.start_run(args, self.algo, changed)
+            resumed, changed = self._resume(args.resume)
+        self.first = resumed + 1
+        self.dir, self.writer, self.lock = runfiles.start_run(args, self.algo, changed, resumed)
         self.ckpt = self.dir / f"{args.exp_name}.pt"
-        if not args.resume:
-            _UNFINISHED.append(self.dir)
+        Run.open.append(self)
         self.bad_step = torch.full((), -1, device=self.device)  # first step with a non-finite loss, on the device
         online_part = f" + {args.online_steps} online env steps" if args.online_steps else ""
         print(f"{task.env_id}: {task.train.size} transitions, {steps} offline steps{online_part}, run folder "
@@ -252,6 +256,7 @@ class Run:
         """An evaluation's results to eval/* in tensorboard, to eval.csv and to the terminal; then the checkpoint."""
         result = log_scalars(self.writer, "eval", result, step)
         runfiles.append_csv(self.dir / "eval.csv", step, result)
+        runfiles.finished(self.dir)  # a folder with an evaluation is kept, whatever happens next
         log_eval(self.bar, step, result)
         self.last_eval = self.bar.postfix or ""
         if self.args.save_model:
@@ -259,11 +264,12 @@ class Run:
         return result
 
     def close(self) -> None:
+        """Ends the progress bar, flushes the logs and releases the folder (after an error too: plumbing.cli)."""
         self.bar.close()
         self.writer.close()
-        if self.dir in _UNFINISHED:
-            _UNFINISHED.remove(self.dir)
         runfiles.release(self.lock)
+        if self in Run.open:
+            Run.open.remove(self)
 
     def check_finite(self) -> None:
         """Stops training when any loss went NaN/inf. The checkpoint is saved only after this check passes, so the
@@ -273,9 +279,9 @@ class Run:
             kept = f"the last good checkpoint is {self.ckpt}" if self.ckpt.exists() else "no checkpoint was saved yet"
             raise FloatingPointError(
                 f"a loss became NaN/inf at step {step}; stopped, {kept}. A plain --resume replays the same NaN "
-                "(resuming is bit-exact): resume with a smaller --lr (it takes effect on resume) or a milder setting "
-                "of the method's flags (e.g. a larger temperature or a smaller alpha), or start again with another "
-                "--seed")
+                "(resuming is bit-exact): resume with a smaller --lr (it takes effect on resume), or start again with "
+                "another --seed or a milder setting of the method's flags (e.g. a larger temperature or a smaller "
+                "alpha)")
 
     def save(self, step: int) -> None:
         """One self-describing file: the script, its flags, the observation and action sizes (all `load_policy`
@@ -292,14 +298,15 @@ class Run:
         tmp = Path(str(self.ckpt) + ".tmp")
         try:
             torch.save(payload, tmp)
-        except (OSError, RuntimeError) as e:  # a full disk shows as either
+        except BaseException as e:  # a full disk (OSError or RuntimeError), or a signal while writing
             tmp.unlink(missing_ok=True)
+            if not isinstance(e, (OSError, RuntimeError)):
+                raise
             kept = f"the last good checkpoint {self.ckpt} stays" if self.ckpt.exists() else "no checkpoint was saved"
             raise UsageError(f"cannot write the checkpoint {tmp} ({str(e).splitlines()[0][:100]}): free space in "
                              f"{self.dir} and resume; {kept}") from None
         os.replace(tmp, self.ckpt)
-        if self.dir in _UNFINISHED:
-            _UNFINISHED.remove(self.dir)
+        runfiles.finished(self.dir)
 
     def _resume(self, path) -> tuple:
         """Loads the networks (targets and EMA copies included), the optimizer state and torch's random streams, so
@@ -309,7 +316,10 @@ class Run:
         the changed flags {name: [old, new]}."""
         payload = runfiles.load_checkpoint(path, self.algo, self.device)
         saved, now = json.loads(json.dumps(payload["args"])), json.loads(json.dumps(asdict(self.args)))
-        allowed = CONTINUATION_FLAGS + (ONLINE_FLAGS if "online" not in payload else ())
+        offline_budget = saved.get("offline_steps") or common_default_steps(self.args.env_id)
+        allowed = CONTINUATION_FLAGS if payload["step"] <= offline_budget else \
+            tuple(k for k in CONTINUATION_FLAGS if k != "offline_steps")  # online: the switch has happened
+        allowed += ONLINE_FLAGS if "online" not in payload else ()
         changed = {k: [saved.get(k), v] for k, v in now.items() if saved.get(k) != v}
         for k, (old, new) in changed.items():
             if k not in allowed:

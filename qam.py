@@ -90,9 +90,10 @@ class Args:
     """parent folder of the run folders"""
     resume: Optional[str] = None
     """a checkpoint of this script to continue from (networks, targets, optimizer, step and torch's random streams)
-    in its own folder, with the same flags: only --offline-steps, --online-steps, --eval-interval, --log-interval,
-    --runs-dir, --device, --compile, --lr, --eval-bc-flow and the logging flags may change, and the online flags
-    while the checkpoint is from the offline phase; args.json records each continuation"""
+    in its own folder, bit-exactly with the same flags. Only --offline-steps, --online-steps, --eval-interval,
+    --log-interval, --runs-dir, --device, --torch-deterministic, --compile, --lr and the logging flags may change
+    (a changed budget or schedule changes the noise drawn after it), and the online flags and --offline-steps while
+    the checkpoint is from the offline phase; args.json records each continuation"""
     # --- data and evaluation
     env_id: str = "cube-single-play-singletask-task2-v0"
     """OGBench single-task id, Minari dataset id, D4RL alias (antmaze-large-play-v2) or bandit-4gaussian"""
@@ -525,7 +526,7 @@ def main(args: Args) -> dict:
     device = plumbing.setup(args, LIMITS)
     task = common.load_task(args.env_id, device)
     steps = common.default_offline_steps(task.env_id) if args.offline_steps is None else args.offline_steps
-    # ALGO LOGIC: the replay for the online phase, the networks and their optimizer
+    # ALGO LOGIC: what the method needs of the data, the replay for the online phase, the networks, the optimizer
     if args.sparse:
         task.train.rewards.copy_(sparse_rewards(task.train.rewards))
     common.check_horizon(task.train, args.horizon, task.env_id)

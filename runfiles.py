@@ -37,11 +37,21 @@ def provenance() -> dict:
             "threads": torch.get_num_threads()}
 
 
-def start_run(args, script: str, changed: Optional[dict] = None) -> tuple:
+UNFINISHED = []  # run folders this process made that hold neither a checkpoint nor an evaluation yet
+
+
+def finished(run_dir: Path) -> None:
+    """The folder holds a checkpoint or an evaluation: an error no longer removes it (plumbing.cli)."""
+    if run_dir in UNFINISHED:
+        UNFINISHED.remove(run_dir)
+
+
+def start_run(args, script: str, changed: Optional[dict] = None, resumed: int = 0) -> tuple:
     """Makes runs/<env>__<exp>__<seed>__<time>[_k]/ (an exclusive mkdir, so runs started together never share one)
-    with args.json and a tensorboard writer (+ wandb on --track), and locks it. With --resume: the checkpoint's
-    folder, where rows and events past the checkpoint's step (written by the attempt that was interrupted) are
-    dropped, and args.json takes the `changed` flags and records the continuation. Returns (folder, writer, lock)."""
+    with args.json and a tensorboard writer (+ wandb on --track), and locks it. With --resume (from step `resumed`):
+    the checkpoint's folder, where rows and events past that step (written by the attempt that was interrupted) are
+    dropped, and args.json records the continuation and takes the `changed` flags (all but --lr, which a NaN rescue
+    changes without making the run another experiment). Returns (folder, writer, lock)."""
     from torch.utils.tensorboard import SummaryWriter
 
     run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -49,21 +59,26 @@ def start_run(args, script: str, changed: Optional[dict] = None) -> tuple:
     if args.resume:
         run_dir = Path(args.resume).parent
         lock = acquire(run_dir)
-        purge_step = int(torch.load(args.resume, map_location="cpu", weights_only=True)["step"]) + 1  # resume read it
-        if (run_dir / "eval.csv").exists():
-            with open(run_dir / "eval.csv", newline="") as f:
-                rows = list(csv.DictReader(f))
-            if rows and int(rows[-1]["step"]) >= purge_step:
-                kept = io.StringIO()
-                w = csv.DictWriter(kept, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(r for r in rows if int(r["step"]) < purge_step)
-                write_atomic(run_dir / "eval.csv", kept.getvalue())
-        record = json.loads((run_dir / "args.json").read_text()) if (run_dir / "args.json").exists() else \
-            {"script": script, **asdict(args), "run": provenance()}
-        record.update({k: new for k, (old, new) in (changed or {}).items()})  # the flags the folder now runs with
+        purge_step = resumed + 1
+        try:
+            if (run_dir / "eval.csv").exists():
+                with open(run_dir / "eval.csv", newline="") as f:
+                    rows = list(csv.DictReader(f))
+                if rows and int(rows[-1]["step"]) >= purge_step:
+                    kept = io.StringIO()
+                    w = csv.DictWriter(kept, fieldnames=list(rows[0]))
+                    w.writeheader()
+                    w.writerows(r for r in rows if int(r["step"]) < purge_step)
+                    write_atomic(run_dir / "eval.csv", kept.getvalue())
+            record = json.loads((run_dir / "args.json").read_text()) if (run_dir / "args.json").exists() else \
+                {"script": script, **asdict(args), "run": provenance()}
+        except (ValueError, KeyError, TypeError, csv.Error) as e:  # a damaged eval.csv or args.json
+            release(lock)
+            raise UsageError(f"--resume {args.resume}: the run folder's eval.csv or args.json is damaged "
+                             f"({type(e).__name__}); restore them or start a new run") from None
+        record.update({k: new for k, (old, new) in (changed or {}).items() if k != "lr"})
         record.setdefault("run", {}).setdefault("continuations", []).append(
-            {"step": purge_step - 1, "changed": changed or {}, **provenance()})
+            {"step": resumed, "changed": changed or {}, **provenance()})
     else:
         for k in range(1, 10_000):
             run_dir = Path(args.runs_dir) / (run_name if k == 1 else f"{run_name}_{k}")
@@ -74,27 +89,42 @@ def start_run(args, script: str, changed: Optional[dict] = None) -> tuple:
                 continue
             except OSError as e:
                 raise UsageError(f"--runs-dir {args.runs_dir}: cannot make a run folder there ({e.strerror})") from None
+        UNFINISHED.append(run_dir)
         lock = acquire(run_dir)
         record = {"script": script, **asdict(args), "run": provenance()}
-    write_atomic(run_dir / "args.json", json.dumps(record, indent=2))
-    if args.track:
-        import wandb
+    try:
+        write_atomic(run_dir / "args.json", json.dumps(record, indent=2))
+        if args.track:
+            import wandb
 
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=asdict(args), name=run_name,
-                   sync_tensorboard=True, dir=str(run_dir))
-    writer = SummaryWriter(str(run_dir), purge_step=purge_step)
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=asdict(args), name=run_name,
+                       sync_tensorboard=True, dir=str(run_dir))
+        writer = SummaryWriter(str(run_dir), purge_step=purge_step)
+    except BaseException:
+        release(lock)
+        raise
     table = "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
     return run_dir, writer, lock
 
 
+_HELD = {}  # run folder -> this process's open lock file
+
+
 def acquire(run_dir: Path):
     """An exclusive lock on the run folder (`.lock`, holding the owner's PID) for as long as this process runs:
     a second process in the same folder stops with one line. The kernel drops the lock when its process dies, so a
-    killed run never blocks its --resume."""
+    killed run never blocks its --resume; a lock this process still holds (an earlier run in the same Python
+    session that ended in an error) is handed over."""
     import fcntl
 
-    f = open(run_dir / ".lock", "a+")
+    if run_dir.resolve() in _HELD:
+        release(_HELD[run_dir.resolve()])
+    try:
+        f = open(run_dir / ".lock", "a+")
+    except OSError as e:
+        raise UsageError(f"run folder {run_dir} cannot be written ({e.strerror}): pass a --runs-dir (or a checkpoint "
+                         "in a folder) you can write") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -107,16 +137,21 @@ def acquire(run_dir: Path):
     f.truncate()
     f.write(str(os.getpid()))
     f.flush()
+    _HELD[run_dir.resolve()] = f
     return f
 
 
 def release(lock) -> None:
-    """Removes the lock file and drops the lock."""
+    """Removes the lock file and drops the lock (again: a no-op)."""
+    if lock.closed:
+        return
     try:
         os.unlink(lock.name)
     except OSError:
         pass
     lock.close()
+    for key in [k for k, v in _HELD.items() if v is lock]:
+        del _HELD[key]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -124,20 +159,25 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = Path(str(path) + ".tmp")
     try:
         tmp.write_text(text)
-    except OSError as e:
+    except BaseException as e:  # a full disk, or a signal while writing: no half file stays
         tmp.unlink(missing_ok=True)
-        raise UsageError(f"cannot write {path} ({e.strerror}): free space there and resume") from None
+        if not isinstance(e, OSError):
+            raise
+        raise UsageError(f"cannot write {path} ({e.strerror})") from None
     os.replace(tmp, path)
 
 
 def append_csv(path: Path, step: int, metrics: dict) -> None:
     """Appends one row to eval.csv (header written on first use)."""
     new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["step", *metrics])
-        if new:
-            w.writeheader()
-        w.writerow({"step": step, **metrics})
+    try:
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["step", *metrics])
+            if new:
+                w.writeheader()
+            w.writerow({"step": step, **metrics})
+    except OSError as e:
+        raise UsageError(f"cannot write {path} ({e.strerror}): free space there and resume") from None
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -202,7 +242,11 @@ def load_policy(checkpoint, device="cpu") -> Callable:
     finally:
         sys.path.pop(0)
     nets = mod.make_nets(args, payload["obs_dim"], payload["action_dim"]).to(device)
-    nets.load_state_dict(payload["nets"])
+    try:
+        nets.load_state_dict(payload["nets"])
+    except RuntimeError as e:
+        raise ValueError(f"{checkpoint}: its networks do not fit {payload['algo']}.py's ({str(e).splitlines()[0]}); "
+                         "load it with the scripts of the commit that wrote it") from None
     inner, obs_dim = mod.make_policy(nets.eval(), args), payload["obs_dim"]
 
     def policy(obs):

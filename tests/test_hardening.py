@@ -264,3 +264,43 @@ def test_benchmark_bad_input_is_one_line(argv, says, capsys, monkeypatch):
         pytest.skip("this machine has a GPU")
     code, err = cli("benchmark", argv, capsys, monkeypatch)
     assert_one_line(code, err, says)
+
+
+def test_an_error_after_the_first_evaluation_keeps_the_folder_flushes_and_releases_it(tmp_path, capsys,
+                                                                                    monkeypatch):
+    import fql
+    real, calls = fql.update, []
+
+    def poisoned(*a, **kw):
+        calls.append(1)
+        out = real(*a, **kw)
+        out["total_loss"] = out["total_loss"] * (float("nan") if len(calls) >= 3 else 1.0)
+        return out
+
+    monkeypatch.setattr(fql, "update", poisoned)
+    code, err = cli("fql", [*TINY, "--offline-steps", "8", "--eval-interval", "4", "--no-save-model", "--runs-dir",
+                            str(tmp_path)], capsys, monkeypatch)
+    d = run_dir_of(tmp_path)
+    assert_one_line(code, err, "NaN/inf at step 3")
+    # no checkpoint (--no-save-model), but the step-1 evaluation is kept; the lock is gone and the logs are flushed
+    assert open(f"{d}/eval.csv").read().splitlines()[1].startswith("1,")
+    assert not os.path.exists(f"{d}/.lock") and glob.glob(f"{d}/events.out.tfevents.*")
+
+
+def test_offline_steps_may_not_change_once_the_online_phase_began_and_lr_keeps_the_experiment(ogbench_dir, tmp_path,
+                                                                                            capsys, monkeypatch):
+    maze = ["--device", "cpu", "--actor-hidden-dims", "8", "--value-hidden-dims", "8", "--batch-size", "16",
+            "--env-id", MAZE_ID, "--eval-episodes", "1"]
+    code, _ = cli("fql", [*maze, "--offline-steps", "2", "--online-steps", "3", "--eval-interval", "4", "--runs-dir",
+                          str(tmp_path)], capsys, monkeypatch)
+    d = run_dir_of(tmp_path)
+    ckpt = f"{d}/fql.pt"
+    assert code == 0 and torch.load(ckpt, weights_only=True)["step"] == 5
+    code, err = cli("fql", [*maze, "--offline-steps", "3", "--online-steps", "3", "--resume", ckpt], capsys,
+                    monkeypatch)
+    assert_one_line(code, err, "--offline-steps is 3 here but 2 in the run")
+    code, _ = cli("fql", [*maze, "--offline-steps", "2", "--online-steps", "4", "--eval-interval", "4", "--lr", "1e-4",
+                          "--resume", ckpt], capsys, monkeypatch)
+    record = json.load(open(f"{d}/args.json"))
+    assert code == 0 and record["online_steps"] == 4 and record["lr"] == 3e-4  # a NaN rescue stays the same run
+    assert record["run"]["continuations"][-1]["changed"] == {"online_steps": [3, 4], "lr": [3e-4, 1e-4]}
