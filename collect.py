@@ -33,8 +33,8 @@ Deviations from the official scripts:
   * Random actions are drawn with `np.random.uniform(-1, 1)` instead of `env.action_space.sample()`
     (same distribution, but from the seeded RNG). pointmaze accepts `--p-random-action` too
     (officially always 0).
-  * Both files carry a `stamp` (a hash of the settings) that common.load_task (loaders.py) compares, so a train file is never
-    trained on beside a -val file from another collection; the pair is written to temp files and renamed together.
+  * Both files carry a `stamp` (a hash of the settings) that loaders.ogbench_task compares, so a train file is
+    never trained on beside a -val file from another collection; the pair is written to temp files and renamed together.
     Stopping the collection (Ctrl-C, SIGTERM) stops the workers and removes their temp files.
   * Different MuJoCo/NumPy versions and seeds: same distribution, not bit-identical to the
     downloadable files. Ant/humanoid/antsoccer datasets need trained SAC experts: not supported.

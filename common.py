@@ -154,8 +154,8 @@ def _load_task(env_id: str, device: torch.device) -> Task:
 
 
 # The four-Gaussian bandit of DriftQL Fig. 1, rebuilt from the figure (the paper gives no numbers): modes in a cross,
-# two adjacent ones tied for the best reward. 'bandit-4gaussian' ties right and bottom; '-rotK' turns the peaks (not the centres)
-# K quarter turns clockwise: rot1 ties bottom and left, rot2 left and top, rot3 top and right.
+# two adjacent ones tied for the best reward. 'bandit-4gaussian' ties right and bottom; '-rotK' turns the peaks (not
+# the centres) K quarter turns clockwise: rot1 ties bottom and left, rot2 left and top, rot3 top and right.
 BANDIT_CENTRES = np.array([[0.8, 0.0], [0.0, -0.8], [0.0, 0.8], [-0.8, 0.0]], dtype=np.float32)  # R, B, T, L
 BANDIT_PEAKS = np.array([5.0, 5.0, 1.5, 0.0], dtype=np.float32)  # of 'bandit-4gaussian'
 BANDIT_NAMES = ("right", "bottom", "top", "left")

@@ -52,7 +52,7 @@ def cli(main: Callable, args_type: type) -> None:
 
         for bar in list(getattr(tqdm, "_instances", [])):  # end a progress bar's line before the message
             bar.close()
-        for run in list(Run.open):  # flush its logs and release its folder
+        for run in list(Run.active):  # flush its logs and release its folder
             run.close()
         removed = _remove_unfinished_runs()
         if isinstance(e, KeyboardInterrupt):  # Ctrl-C, or SIGTERM through _raise_interrupt: exit 128 + the signal
@@ -195,7 +195,7 @@ class Run:
     online replay) and continues in the checkpoint's own folder, so a run keeps one eval.csv and one tensorboard
     history however often it is interrupted. The step axis counts offline gradient steps, then online env steps."""
 
-    open = []  # the runs of this process not closed yet: cli closes them after an error
+    active = []  # the runs of this process not closed yet: cli closes them after an error
 
     def __init__(self, args, script: str, nets: torch.nn.Module, opt, task: Task, online: Optional[Collector],
                  steps: int):
@@ -209,7 +209,7 @@ class Run:
         self.first = resumed + 1
         self.dir, self.writer, self.lock = runfiles.start_run(args, self.algo, changed, resumed)
         self.ckpt = self.dir / f"{args.exp_name}.pt"
-        Run.open.append(self)
+        Run.active.append(self)
         self.bad_step = torch.full((), -1, device=self.device)  # first step with a non-finite loss, on the device
         online_part = f" + {args.online_steps} online env steps" if args.online_steps else ""
         print(f"{task.env_id}: {task.train.size} transitions, {steps} offline steps{online_part}, run folder "
@@ -268,8 +268,8 @@ class Run:
         self.bar.close()
         self.writer.close()
         runfiles.release(self.lock)
-        if self in Run.open:
-            Run.open.remove(self)
+        if self in Run.active:
+            Run.active.remove(self)
 
     def check_finite(self) -> None:
         """Stops training when any loss went NaN/inf. The checkpoint is saved only after this check passes, so the

@@ -66,7 +66,7 @@ def test_a_continuation_may_change_the_budget_and_args_json_records_it(run, caps
     assert not os.path.exists(f"{folder}/.lock")  # released at the end
 
 
-# ---------------------------------------------------------------------------------------------------- one process per folder
+# ------------------------------------------------------------------------------------------------ one process per folder
 @pytest.mark.slow
 def test_a_second_process_in_a_run_folder_stops_and_a_killed_ones_lock_does_not_block(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -132,7 +132,7 @@ def test_nan_in_a_dataset_array_is_named_with_its_file(ogbench_dir, tmp_path, mo
         common.load_task(MAZE_ID, torch.device("cpu"))
 
 
-# ---------------------------------------------------------------------------------------------------- nothing left behind
+# -------------------------------------------------------------------------------------------------- nothing left behind
 def test_a_full_disk_at_a_checkpoint_keeps_the_last_good_one(tmp_path, capsys, monkeypatch):
     real, calls = torch.save, []
 

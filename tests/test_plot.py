@@ -144,7 +144,8 @@ def test_a_run_from_before_a_flag_existed_groups_with_the_runs_at_its_default(tm
 
 
 def test_the_aggregate_never_pools_two_metrics(runs, tmp_path):
-    write_run(runs, "bandit__driftql__0", driftql, rows([1, 100], episodic_return=[-40.0, 2.0]), env_id="bandit-4gaussian")
+    write_run(runs, "bandit__driftql__0", driftql, rows([1, 100], episodic_return=[-40.0, 2.0]),
+              env_id="bandit-4gaussian")
     record = json.loads((runs / "bandit__driftql__0" / "args.json").read_text())
     (runs / "bandit__driftql__0" / "args.json").write_text(json.dumps({**record, "run": {"commit": "abcdef123456"}}))
     out = plot.main(plot.Args(folders=(str(runs),), out=str(tmp_path / "fig"), resamples=50))

@@ -10,6 +10,7 @@ import runfiles
 from conftest import run_dir_of, tiny_args
 
 SCRIPTS = ("fql", "driftql", "dfp", "qam", "deflow")
+CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -48,7 +49,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(name, tmp_path):
     mod.main(tiny_args(mod, offline_steps=4, runs_dir=str(tmp_path / "a")))
     ckpt = f"{run_dir_of(tmp_path / 'a')}/{name}.pt"
     mod.main(tiny_args(mod, offline_steps=6, runs_dir=str(tmp_path / "a"), resume=ckpt))
-    whole, resumed = (runfiles.load_checkpoint(f"{run_dir_of(tmp_path / d)}/{name}.pt", name, torch.device("cpu"))["nets"]
+    whole, resumed = (runfiles.load_checkpoint(f"{run_dir_of(tmp_path / d)}/{name}.pt", name, CPU)["nets"]
                       for d in ("whole", "a"))
     for k, v in whole.items():
         assert torch.equal(v, resumed[k]), k
@@ -63,7 +64,8 @@ def test_resume_drops_what_the_interrupted_attempt_wrote_after_its_checkpoint(tm
     fql.main(tiny_args(fql, offline_steps=4, runs_dir=str(tmp_path)))
     d = run_dir_of(tmp_path)
     last = list(csv.DictReader(open(f"{d}/eval.csv")))[-1]  # a row written after the step-4 checkpoint
-    runfiles.append_csv(Path(d) / "eval.csv", 6, {**{k: v for k, v in last.items() if k != "step"}, "episodic_return": 1})
+    row = {**{k: v for k, v in last.items() if k != "step"}, "episodic_return": 1}
+    runfiles.append_csv(Path(d) / "eval.csv", 6, row)
     fql.main(tiny_args(fql, offline_steps=6, runs_dir=str(tmp_path), resume=f"{d}/fql.pt"))
     rows = list(csv.DictReader(open(f"{d}/eval.csv")))
     assert [r["step"] for r in rows] == ["1", "2", "4", "6"] and float(rows[-1]["episodic_return"]) != 1

@@ -19,10 +19,11 @@ def stacked(members: list) -> dict:
     """The state dict of a batched Critic holding these per-member mlps: weights.l [num_qs, in, out], biases.l
     [num_qs, 1, out], norm_weights.l and norm_biases.l [num_qs, 1, h]."""
     out = {}
-    for kind, names in ((torch.nn.Linear, ("weights", "biases")), (torch.nn.LayerNorm, ("norm_weights", "norm_biases"))):
+    nn = torch.nn
+    for kind, names in ((nn.Linear, ("weights", "biases")), (nn.LayerNorm, ("norm_weights", "norm_biases"))):
         layers = [[m for m in q if isinstance(m, kind)] for q in members]
         for l in range(len(layers[0])):
-            out[f"{names[0]}.{l}"] = torch.stack([q[l].weight.T if kind is torch.nn.Linear else q[l].weight[None]
+            out[f"{names[0]}.{l}"] = torch.stack([q[l].weight.T if kind is nn.Linear else q[l].weight[None]
                                                   for q in layers])
             out[f"{names[1]}.{l}"] = torch.stack([q[l].bias[None] for q in layers])
     return out
