@@ -113,13 +113,15 @@ def script_defaults(script: str) -> dict:
 
 
 def group_series(runs: list, override: Optional[str]) -> tuple:
-    """-> series {(task, method): {seed: {step: value}}}, the metric of each task and the commits of each (task,
-    method) (`run.commit` of args.json, short; '?' for a run folder that did not record it). The method is the
-    script, plus the flags that differ between that script's groups on the task (the seed and BOOKKEEPING aside)."""
+    """-> series {(task, method): {seed: {step: value}}}, the metric of each task, the commits of each (task,
+    method) (`run.commit` of args.json, short; '?' for a run folder that did not record it) and the run folders of
+    each (task, method). The method is the script, plus the flags that differ between that script's groups on the task
+    (the seed and BOOKKEEPING aside)."""
     by_task = defaultdict(list)
     for r in runs:
         by_task[r["args"]["env_id"]].append(r)
     series, metrics, commits = defaultdict(lambda: defaultdict(dict)), {}, defaultdict(set)
+    members = defaultdict(list)  # (task, method) -> its run folders, each with its flags (the seed and BOOKKEEPING aside)
     for task, task_runs in by_task.items():
         metric = metrics[task] = task_metric(task_runs, override)
         flags = {id(r): {k: v for k, v in {**script_defaults(r["args"]["script"]), **r["args"]}.items()
@@ -131,12 +133,14 @@ def group_series(runs: list, override: Optional[str]) -> tuple:
             # a run and its --resume continuations: the later folder wins where their steps overlap
             for r in sorted(mine, key=lambda r: (r["cols"]["step"][0], str(r["dir"]))):
                 method = " ".join([script] + [fmt_flag(k, flags[id(r)].get(k)) for k in varying])
+                members[task, method].append({**r, "flags": flags[id(r)]})
                 for name, col in ((method, metric), (f"{method}: flow BC", f"bc_flow_{metric}")):
-                    if col in r["cols"]:
-                        series[task, name][r["args"]["seed"]].update(zip(r["cols"]["step"].astype(int).tolist(),
-                                                                        r["cols"][col].tolist()))
+                    if col in r["cols"] and not np.isnan(r["cols"][col]).all():  # blank: not evaluated there
+                        keep = ~np.isnan(r["cols"][col])
+                        series[task, name][r["args"]["seed"]].update(zip(r["cols"]["step"][keep].astype(int).tolist(),
+                                                                        r["cols"][col][keep].tolist()))
                         commits[task, name].add((r["args"].get("run") or {}).get("commit") or "?")
-    return series, metrics, commits
+    return series, metrics, commits, members
 
 
 def fmt_flag(name: str, value) -> str:
@@ -176,6 +180,34 @@ def final_score(by_step: dict, last: int) -> float:
     never counts. NaN for a run with no evaluation after step 1."""
     after = [s for s in sorted(by_step) if s > 1][-last:]
     return float(np.mean([by_step[s] for s in after])) if after else float("nan")
+
+
+# flags that only the online phase reads: an online run and its offline control differ in these alone
+ONLINE_ONLY = {"online_steps", "buffer_size", "start_training", "balanced_sampling", "fix_bc_flow_online"}
+
+
+def online_table(table: list, series: dict, members: dict) -> list:
+    """One row per group of offline-to-online runs (run folders with online.csv): the success at the switch (the
+    evaluation at its --offline-steps), the final score, the offline control (the group with the same flags apart
+    from ONLINE_ONLY, trained offline only) and the online episodes that reached the goal, summed over seeds."""
+    rows = {(r["task"], r["method"]): r for r in table}
+    out = []
+    for (task, method), runs in sorted(members.items()):
+        online = [r for r in runs if (r["dir"] / "online.csv").exists() and r["flags"].get("online_steps")]
+        if not online or (task, method) not in rows:
+            continue
+        base = lambda f: {k: v for k, v in f.items() if k not in ONLINE_ONLY}  # noqa: E731
+        controls = [m for (t, m), rs in members.items() if t == task and (t, m) in rows and m != method
+                    and all(base(r["flags"]) == base(online[0]["flags"]) and not r["flags"].get("online_steps")
+                            for r in rs)]
+        switch = sorted({int(r["args"]["offline_steps"]) for r in online})
+        at_switch = [s.get(switch[0]) for s in series[task, method].values()]
+        episodes = [dict(r2) for r in online for r2 in csv.DictReader(open(r["dir"] / "online.csv", newline=""))]
+        goal = sum(float(e.get("success") or 0) > 0 for e in episodes)
+        out.append(dict(row=rows[task, method], switch=switch, control=rows[task, controls[0]] if controls else None,
+                        at_switch=float(np.mean([x for x in at_switch if x is not None])) if any(
+                            x is not None for x in at_switch) else float("nan"), goal=goal, episodes=len(episodes)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- figures
@@ -246,7 +278,7 @@ def main(args: Args) -> dict:
     except OSError as e:
         raise SystemExit(f"error: --out {out} cannot be written ({e.strerror}); pass a folder you can write") from None
     rng = np.random.default_rng(args.seed)
-    series, metrics, commits = group_series(read_runs(args.folders), args.metric)
+    series, metrics, commits, members = group_series(read_runs(args.folders), args.metric)
     table = []
     for task in sorted(metrics):
         curves = {m: seeds for (t, m), seeds in sorted(series.items()) if t == task}
@@ -279,8 +311,19 @@ def main(args: Args) -> dict:
     text = "\n".join(lines)
     (out / "final_scores.md").write_text(text + "\n")
     print(text)
+    online = online_table(table, series, members)
+    if online:  # offline-to-online runs: online.md beside final_scores.md
+        score = lambda r: f"{fmt(r['mean'])} ({spread(r)}; n = {r['seeds']})" if r else "no control"  # noqa: E731
+        lines = ["| task | method | seeds (n: ids) | switch (step) | at the switch | online, final score | offline "
+                 "control, final score | online episodes at the goal | code |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {o['row']['task']} | {o['row']['method']} | {o['row']['seeds']}: "
+                  f"{', '.join(map(str, o['row']['seed_ids']))} | {', '.join(map(str, o['switch']))} | "
+                  f"{fmt(o['at_switch'])} | {score(o['row'])} | {score(o['control'])} | {o['goal']} of "
+                  f"{o['episodes']} | {' '.join(o['row']['commits'])} |" for o in online]
+        (out / "online.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
     print(f"figures: {out}/<task>.png, {out}/aggregate.png")
-    return dict(table=table, aggregate=aggregate)
+    return dict(table=table, aggregate=aggregate, online=online)
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def test_a_run_from_before_a_flag_existed_groups_with_the_runs_at_its_default(tm
     (root / "old" / "args.json").write_text(json.dumps(old))
     write_run(root, "new", fql, rows(steps, success_rate=[0, .4, .6]), env_id=CUBE, seed=1, precision="fp32")
     write_run(root, "bf16", fql, rows(steps, success_rate=[0, .1, .1]), env_id=CUBE, seed=0, precision="bf16")
-    series, _, _ = plot.group_series(plot.read_runs((str(root),)), None)
+    series, _, _, _ = plot.group_series(plot.read_runs((str(root),)), None)
     assert {m: sorted(s) for (_, m), s in series.items()} == {"fql --precision fp32": [0, 1],
                                                                 "fql --precision bf16": [0]}
 
@@ -152,3 +152,29 @@ def test_the_aggregate_never_pools_two_metrics(runs, tmp_path):
     assert [r["commits"] for r in out["table"] if r["method"] == "driftql"] == [["abcdef1"], ["?"]]  # bandit, cube
     driftql_rows = sorted((r["metric"], r["tasks"], r["iqm"]) for r in out["aggregate"] if r["method"] == "driftql")
     assert driftql_rows == [("episodic_return", 1, 2.0), ("success_rate", 1, pytest.approx(0.3))]
+
+
+def test_online_runs_get_a_row_with_the_switch_their_control_and_the_episodes_at_the_goal(tmp_path):
+    root = tmp_path / "runs"
+    for seed, (online, control) in enumerate([([0, .2, .4, .6, .8], [0, .2, .1, .1, .1]),
+                                              ([0, 0, .4, 1.0, 1.0], [0, 0, .3, .2, .4])]):
+        write_run(root, f"ctl{seed}", fql, rows([1, 10, 20, 30, 40], success_rate=control, bc_flow_success_rate=[0] * 5),
+                  env_id=CUBE, seed=seed, offline_steps=40)
+        write_run(root, f"o2o{seed}", fql, rows([1, 10, 20, 30, 40], success_rate=online,
+                                                bc_flow_success_rate=[0, 0, 0, "", ""]),  # not evaluated online
+                  env_id=CUBE, seed=seed, offline_steps=20, online_steps=20, balanced_sampling=True)
+        with open(root / f"o2o{seed}" / "online.csv", "w") as f:
+            f.write("step,episodic_return,episodic_length,success\n" + "".join(
+                f"{21 + i},-5,5,{int(i < seed + 1)}\n" for i in range(3)))
+    out = plot.main(plot.Args(folders=(str(root),), out=str(tmp_path / "fig"), resamples=50))
+    (row,) = out["online"]
+    assert row["row"]["method"] == "fql --balanced-sampling --online-steps 20"
+    assert row["control"]["method"] == "fql --no-balanced-sampling --online-steps 0"
+    assert row["switch"] == [20] and row["at_switch"] == pytest.approx(0.4)  # seeds at step 20: 0.4, 0.4
+    assert row["row"]["mean"] == pytest.approx(np.mean([.6, .8]))  # last 3 after step 1, averaged over seeds
+    assert row["control"]["mean"] == pytest.approx(np.mean([.1, .3]))
+    assert (row["goal"], row["episodes"]) == (3, 6)
+    # the online runs' blank flow-BC cells are not evaluations: their flow-BC series ends at the switch
+    bc = [r for r in out["table"] if r["method"] == "fql --balanced-sampling --online-steps 20: flow BC"]
+    assert bc[0]["steps"] == "20" and bc[0]["mean"] == 0
+    assert "| 3 of 6 |" in (tmp_path / "fig" / "online.md").read_text()
