@@ -1,0 +1,35 @@
+"""benchmarks/bf16_error.py, the measurement of where bf16 moves FQL's and DriftQL's update, on regenerated data."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import common
+from conftest import MAZE_ID
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import bf16_error  # noqa: E402
+
+
+@pytest.mark.parametrize("algo", ["fql", "driftql"])
+def test_bf16_moves_every_quantity_a_little_and_fp32_against_itself_not_at_all(algo, ogbench_dir, tmp_path,
+                                                                                  monkeypatch):
+    """bf16 moves every measured quantity by a small nonzero amount, while the same measurement with autocast off on
+    both sides gives exactly 0: the two sides share weights, batch and noise exactly."""
+    mod = __import__(algo)
+    margs = mod.Args(env_id=MAZE_ID, actor_hidden_dims=(16,), value_hidden_dims=(16,), device="cpu", batch_size=32)
+    task = common.load_task(MAZE_ID, torch.device("cpu"))
+    torch.manual_seed(0)
+    nets = mod.make_nets(margs, task.train.observations.shape[1], task.train.actions.shape[1])
+    batch = task.train.sample(32)
+    pairs = bf16_error.measure(mod, algo, nets, batch, margs, noise_seed=3)
+    errors = {k: bf16_error.rel(*v) for k, v in pairs.items()}
+    assert len(errors) == 7 and all(0 < e < 0.2 for e in errors.values()), errors
+    monkeypatch.setattr(bf16_error.plumbing, "autocast", lambda precision, device: torch.autocast("cpu", enabled=False))
+    pairs = bf16_error.measure(mod, algo, nets, batch, margs, noise_seed=3)
+    assert all(bf16_error.rel(a, b) == 0 for a, b in pairs.values())
+    monkeypatch.undo()
+    text = bf16_error.main(bf16_error.Args(algo=algo, env_id=MAZE_ID, warmup_steps=2, batches=1, hidden=(16,),
+                                           out=str(tmp_path / "t.md")))
+    assert (tmp_path / "t.md").read_text() == text and "| critic gradient |" in text
