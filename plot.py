@@ -14,6 +14,10 @@ seed (a run and its --resume continuations) are joined in step order. When a run
   95 % stratified bootstrap CI (seeds resampled within each task), the protocol of Agarwal et al., "Deep RL at the
   Edge of the Statistical Precipice" (NeurIPS 2021). Their rliable package (1.2.0) does not import next to pandas 3
   (its arch dependency breaks) and does not run with arch 8, so the IQM and the bootstrap are written out below.
+- online.md, for offline-to-online runs (run folders with online.csv): per group, the switch, the success there, the
+  final score, that of its offline control (the same flags apart from the online-only ones) and the online episodes
+  that reached the goal.
+- bandit.md, for the toy bandit's runs: each mode's fraction of the samples at the last evaluation, mean over seeds.
 The metric is success_rate on OGBench tasks, else normalized_score where the run logged it, else episodic_return
 (--metric picks another eval.csv column).
 
@@ -210,6 +214,23 @@ def online_table(table: list, series: dict, members: dict) -> list:
     return out
 
 
+def bandit_table(members: dict) -> list:
+    """The bandit's runs (eval.csv with frac_* columns): per method, each mode's fraction of the samples at the last
+    evaluation, averaged over seeds, with the number of seeds."""
+    out = []
+    for (task, method), runs in sorted(members.items()):
+        last = {}
+        for r in sorted(runs, key=lambda r: r["cols"]["step"][-1]):  # a continuation's later rows win
+            if "frac_right" in r["cols"]:
+                last[r["args"]["seed"]] = {k: float(v[-1]) for k, v in r["cols"].items() if k.startswith("frac_")
+                                           or k in ("step", "episodic_return")}
+        if last:
+            cols = list(next(iter(last.values())))
+            out.append(dict(task=task, method=method, seeds=sorted(last),
+                            **{k: float(np.mean([v[k] for v in last.values()])) for k in cols}))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- figures
 def plot_task(path: Path, task: str, metric: str, curves: dict, rng, resamples: int) -> None:
     """Mean over seeds at every step logged by any seed, with the 95 % bootstrap band where 2 or more seeds have it."""
@@ -321,9 +342,19 @@ def main(args: Args) -> dict:
                   f"{fmt(o['at_switch'])} | {score(o['row'])} | {score(o['control'])} | {o['goal']} of "
                   f"{o['episodes']} | {' '.join(o['row']['commits'])} |" for o in online]
         (out / "online.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+        print(f"{out}/online.md:\n" + "\n".join(lines))
+    bandit = bandit_table(members)
+    if bandit:  # the toy bandit: where the samples went, bandit.md beside final_scores.md
+        modes = [k for k in bandit[0] if k.startswith("frac_")]
+        lines = [f"| task | method | seeds (n: ids) | step | {' | '.join(modes)} | mean reward |",
+                 "|---|---|---|---|" + "---|" * len(modes) + "---|"]
+        lines += [f"| {b['task']} | {b['method']} | {len(b['seeds'])}: {', '.join(map(str, b['seeds']))} | "
+                  f"{int(b['step'])} | " + " | ".join(f"{b[m]:.3f}" for m in modes) + f" | {b['episodic_return']:.2f} |"
+                  for b in bandit]
+        (out / "bandit.md").write_text("\n".join(lines) + "\n")
+        print(f"{out}/bandit.md:\n" + "\n".join(lines))
     print(f"figures: {out}/<task>.png, {out}/aggregate.png")
-    return dict(table=table, aggregate=aggregate, online=online)
+    return dict(table=table, aggregate=aggregate, online=online, bandit=bandit)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,8 @@ def test_runs_are_grouped_by_script_task_and_flags_and_scored_exactly(runs, tmp_
     assert f"| {CUBE} | fql --alpha 300.0 | success_rate | 0.800 | runs: 0.800 | 1: 0 | 40 | ? |" in printed  # no CI
     assert "| 3: 0, 1, 2 | 40 | ? |" in printed  # seeds and code (these folders recorded no commit)
     assert "note: bandit-4gaussian, fql: fewer than --last 3 evaluations after step 1 for seed(s) 0 (1)" in printed
-    table_lines = "\n".join(line for line in printed.splitlines() if line.startswith("|"))
+    final_scores = printed.split("bandit.md:")[0]  # then the bandit's table
+    table_lines = "\n".join(line for line in final_scores.splitlines() if line.startswith("|"))
     assert (tmp_path / "fig" / "final_scores.md").read_text().strip() == table_lines
     # aggregate: the IQM of the pooled finals, a CI around it
     agg = {r["method"]: r for r in out["aggregate"]}
@@ -178,3 +179,13 @@ def test_online_runs_get_a_row_with_the_switch_their_control_and_the_episodes_at
     bc = [r for r in out["table"] if r["method"] == "fql --balanced-sampling --online-steps 20: flow BC"]
     assert bc[0]["steps"] == "20" and bc[0]["mean"] == 0
     assert "| 3 of 6 |" in (tmp_path / "fig" / "online.md").read_text()
+
+
+def test_bandit_runs_get_their_fractions_at_the_last_evaluation(runs, tmp_path):
+    write_run(runs, "bandit__fql__1", fql, rows([1, 5000], episodic_return=[-40.0, 1.5], frac_right=[0, .7]),
+              env_id="bandit-4gaussian", seed=1)
+    out = plot.main(plot.Args(folders=(str(runs),), out=str(tmp_path / "fig"), resamples=50))
+    (row,) = out["bandit"]  # the cube runs have no frac_* columns
+    assert (row["method"], row["seeds"], row["step"]) == ("fql", [0, 1], 5000)
+    assert row["frac_right"] == pytest.approx(0.6) and row["episodic_return"] == pytest.approx(3.0)
+    assert "| bandit-4gaussian | fql | 2: 0, 1 | 5000 | 0.600 | 3.00 |" in (tmp_path / "fig" / "bandit.md").read_text()
