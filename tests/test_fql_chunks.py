@@ -363,3 +363,27 @@ def test_load_policy_of_a_qc_run_executes_the_same_chunks(actor_type, ogbench_di
         torch.manual_seed(5)
         first, second = policy(obs), policy(obs * 0 + 9)
     assert torch.equal(first, loaded[0]) and torch.equal(second, loaded[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["qc-fql", "qc-bfn"])
+def test_chunked_losses_compile_with_fullgraph_and_match_eager(variant, monkeypatch):
+    """--compile traces losses whole (fullgraph fails on any graph break), best-of-n's ranking included."""
+    from test_speed import fixed_noise
+
+    args = small_args(horizon=3, actor_num_samples=3, flow_steps=3, **VARIANTS[variant])
+    fixed_noise(monkeypatch)
+
+    def run(loss_fn):
+        nets = nets_for(args)
+        opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=1e-3)
+        return [fql.update(nets, opt, chunk_batch(), args, loss_fn=loss_fn) for _ in range(2)], nets
+
+    eager, eager_nets = run(fql.losses)
+    torch._dynamo.reset()
+    compiled, compiled_nets = run(torch.compile(fql.losses, fullgraph=True, backend="aot_eager"))
+    for e, c in zip(eager, compiled):
+        for k in e:
+            torch.testing.assert_close(c[k], e[k], rtol=1e-5, atol=1e-6, msg=k)
+    for (k, e), c in zip(eager_nets.named_parameters(), compiled_nets.parameters()):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6, msg=k)
