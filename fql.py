@@ -302,7 +302,8 @@ def best_of_n(nets: nn.ModuleDict, obs: torch.Tensor, args: Args) -> torch.Tenso
 def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
     """Every FQL loss term of one step (still attached to the graph) and its diagnostics, from one snapshot.
     h = 1: a batch of `Dataset.sample`. h > 1: of `Dataset.sample_chunks` (actions [B, h, A], chunk rewards R,
-    masks, valid, valid_steps, s' after the chunk); the networks see the flattened chunk or its first action."""
+    masks, valid, valid_steps, s' after the chunk); the networks see the flattened chunk or its first action.
+    Random draws, in order: the TD target's policy noise (z' [B, D], or [B*N, D] for best-of-n), x0, t, then z."""
     obs, actions = batch["observations"], batch["actions"]
     if args.horizon > 1:
         actions = actions.flatten(1) if args.action_chunking else actions[:, 0]  # [B, h*A] or [B, A]
