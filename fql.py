@@ -305,7 +305,7 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
     masks, valid, valid_steps, s' after the chunk); the networks see the flattened chunk or its first action.
     Random draws, in order: the TD target's policy noise (z' [B, D], or [B*N, D] for best-of-n), x0, t, then z."""
     obs, actions = batch["observations"], batch["actions"]
-    if args.horizon > 1:
+    if actions.dim() == 3:  # a chunk batch [B, h, A] (also taken at h = 1, as benchmark.py draws it)
         actions = actions.flatten(1) if args.action_chunking else actions[:, 0]  # [B, h*A] or [B, A]
     bc_flow, critic = nets["actor_bc_flow"], nets["critic"]
     # critic: TD target from the deployed policy at s' (no gradient), discount^h with h-step rewards

@@ -97,6 +97,17 @@ def test_h1_distill_ddpg_losses_and_updates_are_plain_fql_bit_for_bit(chunking, 
         assert torch.equal(p, q), name
 
 
+def test_h1_takes_a_chunk_batch_of_length_one_as_the_plain_batch():
+    # benchmark.py draws `sample_chunks` batches for every script with a --horizon: at h = 1 they give FQL's numbers
+    args, b = small_args(), conftest.random_batch()
+    nets = nets_for(args)
+    torch.manual_seed(0)
+    plain = fql.losses(nets, b, args)
+    torch.manual_seed(0)
+    chunked = fql.losses(nets, {**b, "actions": b["actions"][:, None], "valid": torch.ones(B)}, args)
+    assert all(torch.equal(plain[k], chunked[k]) for k in plain)
+
+
 # ---------------------------------------------------------------------------------------------------- shapes
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_networks_act_on_the_flattened_chunk_or_on_one_action(variant):
