@@ -333,9 +333,10 @@ def test_offline_then_online_on_regenerated_pointmaze(variant, ogbench_dir, tmp_
     monkeypatch.setattr(fql, "act", lambda nets, obs, args: (online_calls.append(1) if obs.shape[0] == 1 else None)
                         or real(nets, obs, args))
     args = fql.Args(**TINY, **VARIANTS[variant], env_id=MAZE_ID, horizon=h, offline_steps=10, online_steps=30,
-                    start_training=6, eval_interval=1000, eval_episodes=2, log_interval=10, runs_dir=str(tmp_path))
+                    start_training=6, eval_interval=1000, eval_episodes=2, log_interval=10, runs_dir=str(tmp_path),
+                    eval_bc_flow=variant == "qc-fql")  # the flow-BC baseline executes chunks too
     result = fql.main(args)
-    assert "success_rate" in result
+    assert "success_rate" in result and ("bc_flow_success_rate" in result) == args.eval_bc_flow
     d = run_dir_of(tmp_path)
     assert [r["step"] for r in csv.DictReader(open(f"{d}/eval.csv"))] == ["1", "10", "40"]
     ckpt = runfiles.load_checkpoint(f"{d}/fql.pt", "fql", CPU)
