@@ -167,10 +167,10 @@ class VisualDataset:
         offsets = torch.arange(-(k - 1), 2, device=idx.device)
         return torch.maximum(self.rows[idx, None] + offsets, self.starts[idx, None])
 
-    def sample(self, batch_size: int) -> dict:
-        """Uniform with replacement over transitions, as the official `np.random.randint`."""
+    def sample(self, batch_size: int, idx: Optional[torch.Tensor] = None) -> dict:
+        """Uniform with replacement over transitions, as the official `np.random.randint` (or the rows `idx`)."""
         host = self.frames.device
-        idx = torch.randint(self.size, (batch_size,), device=host)
+        idx = torch.randint(self.size, (batch_size,), device=host) if idx is None else idx.to(host)
         r = self.stacked_rows(idx)
         if host == self.device:
             frames = self.frames[r]  # [B, k + 1, H, W, C]
