@@ -20,6 +20,7 @@ Deviations from the official code:
      is seeded from --seed (official: unseeded); collected episodes are logged as online/* (official: exploration/*).
 Speed flags (--compile, --precision bf16) are the same in all five scripts: README, "Benchmark". Under bf16
 this file keeps the losses, TD targets and LayerNorms in fp32.
+Pixels (visual-* ids; --encoder impala_small --p-aug --frame-stack, the official hooks): visual.py, docs/visual.md.
 The full list, the commands for every task family and the logged metrics are in docs/fql.md.
 
     python fql.py --env-id bandit-4gaussian
@@ -230,7 +231,8 @@ def flow_bc_loss(v: nn.Module, obs: torch.Tensor, actions: torch.Tensor, x0: tor
 
 def euler_integrate(v, obs: torch.Tensor, z: torch.Tensor, steps: int) -> torch.Tensor:
     """x_{k+1} = x_k + v(s, x_k, k/K) / K from x_0 = z; only the result is clipped to [-1, 1]. [B, A]"""
-    obs = visual.encode(v, obs)  # pixels: encoded once for the K steps (official actor_bc_flow_encoder)
+    if hasattr(v, "encoder"):  # pixels: the observation is encoded once for the K steps (official
+        obs = v.encoder(obs)  # actor_bc_flow_encoder); v's pre-hook passes features through
     x = z
     for k in range(steps):
         x = x + v(obs, x, torch.full_like(x[:, :1], k / steps)) / steps

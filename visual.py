@@ -7,7 +7,8 @@ same files) spreads over `utils/encoders.py`, `utils/datasets.py`, `envs/env_uti
   * `random_shift`, the pad-and-crop augmentation applied to a sampled batch with probability p_aug;
   * `VisualDataset`: frames stored once as uint8, transitions as indices into them, frames stacked at sample time;
   * `load_visual_task`, the loader behind `common.load_task` for `visual-*` ids, and `FrameStack` for evaluation.
-`check` (called by plumbing.setup) gives the one-line refusals: a script without pixel support, online fine-tuning
+A method reader needs `with_encoder` (what each network sees), `random_shift` and `VisualDataset.sample` (what a batch
+is). `check` (called by plumbing.setup) gives the one-line refusals: a script without pixel support, online fine-tuning
 (FQL's main.py refuses it), --encoder without pixels. Only fql.py, deflow.py and driftql.py accept pixels.
 """
 import collections
@@ -98,12 +99,6 @@ def with_encoder(net: nn.Module, args) -> nn.Module:
         net.encoder = ImpalaEncoder(FRAME[2] * args.frame_stack, **ENCODERS[args.encoder])
         net.register_forward_pre_hook(_encode_first_input)
     return net
-
-
-def encode(net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
-    """The features `net` computes from pixels (its encoder), or `obs` as it is without an encoder; lets a loop that
-    calls one network K times encode once, as the official `actor_bc_flow_encoder` does."""
-    return net.encoder(obs) if hasattr(net, "encoder") and obs.dim() > 2 else obs
 
 
 # ---------------------------------------------------------------------------------------------------- augmentation

@@ -32,6 +32,16 @@ def vis_dir(tmp_path_factory):
         os.environ["OGBENCH_DATA_DIR"] = old
 
 
+@pytest.fixture(scope="module")
+def loaded(vis_dir):
+    """(our Task, OGBench's own non-compact training dict) of the regenerated pair."""
+    import ogbench
+
+    env, train, _ = ogbench.make_env_and_datasets(VIS_ID, dataset_dir=vis_dir)
+    env.close()
+    return common.load_task(VIS_ID, torch.device("cpu")), train
+
+
 # ---------------------------------------------------------------------------------------------------- encoder
 def official_impala_small_params(in_ch: int) -> int:
     """Parameter count of the official `impala_small` (seohongpark/fql utils/encoders.py: ImpalaEncoder with
@@ -79,8 +89,8 @@ def test_pooling_pads_like_flax_same():
 def test_each_network_has_its_own_encoder_and_the_critic_members_share_one():
     import fql
 
-    nets = fql.make_nets(fql.Args(encoder="impala_small", frame_stack=3, actor_hidden_dims=(8,), value_hidden_dims=(8,)),
-                         64, 5)
+    args = fql.Args(encoder="impala_small", frame_stack=3, actor_hidden_dims=(8,), value_hidden_dims=(8,))
+    nets = fql.make_nets(args, 64, 5)
     encs = [nets[n].encoder for n in ("actor_bc_flow", "actor_onestep_flow", "critic", "target_critic")]
     assert len({id(e) for e in encs}) == 4 and all(e.stacks[0].conv.in_channels == 9 for e in encs)
     obs = torch.randint(0, 256, (4, 64, 64, 9), dtype=torch.uint8)
@@ -126,17 +136,14 @@ def test_random_shift_leaves_a_batch_unchanged_with_probability_one_minus_p():
 
 
 # ---------------------------------------------------------------------------------------------------- data
-def test_frames_are_uint8_stored_once_and_transitions_match_ogbench(vis_dir):
-    import ogbench
-
-    task = common.load_task(VIS_ID, torch.device("cpu"))
+def test_frames_are_uint8_stored_once_and_transitions_match_ogbench(vis_dir, loaded):
+    task, train = loaded
     data = task.train
+    data.frame_stack = 1
     raw = np.load(os.path.join(vis_dir, "visual-cube-single-play-v0.npz"))
     assert data.frames.dtype == torch.uint8 and data.frames.element_size() == 1
     assert data.frames.numel() == raw["observations"].size == len(raw["observations"]) * 64 * 64 * 3  # 1 B/pixel
     assert len(data.frames) == data.size + int(raw["terminals"].sum())  # no separate next-observation copy
-    env, train, _ = ogbench.make_env_and_datasets(VIS_ID, dataset_dir=vis_dir)  # the official (non-compact) loader
-    env.close()
     assert data.size == len(train["observations"])
     batch = data.sample(data.size, torch.arange(data.size))
     for k in ("observations", "next_observations"):
@@ -146,12 +153,9 @@ def test_frames_are_uint8_stored_once_and_transitions_match_ogbench(vis_dir):
     assert np.allclose(batch["actions"].numpy(), np.clip(train["actions"], -1 + 1e-5, 1 - 1e-5))
 
 
-def test_frame_stacking_repeats_the_first_frame_like_the_official_dataset(vis_dir):
-    import ogbench
-
-    task = common.load_task(VIS_ID, torch.device("cpu"))
+def test_frame_stacking_repeats_the_first_frame_like_the_official_dataset(loaded):
+    task, train = loaded
     task.train.frame_stack = 3
-    _, train, _ = ogbench.make_env_and_datasets(VIS_ID, dataset_dir=vis_dir)
     # the official Dataset.sample (seohongpark/fql utils/datasets.py), in numpy
     idx = np.arange(len(train["observations"]))
     ends = np.nonzero(train["terminals"] > 0)[0]
@@ -205,6 +209,7 @@ def test_visual_bad_input_is_one_line(script, argv, named, tmp_path, capsys, mon
 
 
 # ---------------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["fql", "deflow"])
 def test_trains_and_evaluates_on_pixels(script, vis_dir, tmp_path, monkeypatch):
     """The official recipe's flags (--p-aug 0.5 --frame-stack 3), 200 offline steps on the regenerated pixels and an
