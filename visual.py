@@ -109,11 +109,17 @@ def random_shift(images: list, p_aug: float) -> list:
     this is one gather on the device with no host sync (the coin is drawn there too)."""
     if p_aug <= 0:
         return images
-    x = images[0]
-    b, h, w = x.shape[:3]
-    dev = x.device
+    b, dev = images[0].shape[0], images[0].device
     shift = torch.randint(0, 2 * PAD + 1, (b, 2), device=dev)
     shift = torch.where(torch.rand((), device=dev) < p_aug, shift, torch.full_like(shift, PAD))  # PAD: no move
+    return shift_images(images, shift)
+
+
+def shift_images(images: list, shift: torch.Tensor) -> list:
+    """Crops at `shift` [B, 2] (row, column offsets in [0, 2 PAD]) of the edge-padded images [B, H, W, C]: the
+    official `batched_random_crop` with crop_froms = (shift, 0)."""
+    b, h, w = images[0].shape[:3]
+    dev = images[0].device
     rows = (torch.arange(h, device=dev) + shift[:, :1] - PAD).clamp(0, h - 1)  # [B, H]
     cols = (torch.arange(w, device=dev) + shift[:, 1:] - PAD).clamp(0, w - 1)  # [B, W]
     batch = torch.arange(b, device=dev)[:, None, None]
@@ -238,6 +244,10 @@ def load_visual_task(env_id: str, device: torch.device):
             raise FileNotFoundError(f"OGBench dataset {name} is not in {data_dir} and could not be downloaded "
                                     f"({type(e).__name__}); {fix}") from None
     shapes = [npz_shapes(p, fix) for p in paths]
+    for path, shape in zip(paths, shapes):  # from the headers, before anything is decompressed or rendered
+        if tuple(shape["observations"][1:]) != FRAME:
+            raise UsageError(f"{path}: its frames are {tuple(shape['observations'][1:])}, the visual tasks need "
+                             f"{FRAME} (64x64 RGB); {fix}")
     if shapes[0].get("stamp") != shapes[1].get("stamp"):
         raise UsageError(f"{paths[0]} and {paths[1]} come from different collections; {fix}")
     env = gym.make(env_name)

@@ -225,3 +225,52 @@ def test_trains_and_evaluates_on_pixels(script, vis_dir, tmp_path, monkeypatch):
     assert result["episodic_length"] == 3 and 0 <= result["success_rate"] <= 1
     ckpt = torch.load(next(tmp_path.rglob(f"{script}.pt")), weights_only=False)
     assert ckpt["step"] == 200 and any("encoder.dense.weight" in k for k in ckpt["nets"])
+
+
+# ---------------------------------------------------------------------------------------------------- official code
+OFFICIAL = os.environ.get("FQL_OFFICIAL_REPO")  # a checkout of seohongpark/fql (719d044) and jax/flax installed
+
+
+@pytest.mark.skipif(not OFFICIAL, reason="set FQL_OFFICIAL_REPO to a checkout of seohongpark/fql (needs jax, flax)")
+def test_encoder_and_shift_equal_the_official_code_on_the_same_weights_and_offsets():
+    """The official flax `impala_small` with its own initial weights copied into ours gives the same features, and
+    the official `batched_random_crop` and ours give the same pixels for the same crop offsets."""
+    import importlib.util
+    import sys
+    import types
+
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, OFFICIAL)
+    stub = types.ModuleType("distrax")  # utils/networks.py subclasses distrax; the encoder does not use it
+    stub.__getattr__ = lambda name: type(name, (), {})
+    sys.modules.setdefault("distrax", stub)
+    spec = importlib.util.spec_from_file_location("official_encoders", os.path.join(OFFICIAL, "utils", "encoders.py"))
+    enc_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(enc_mod)
+    spec = importlib.util.spec_from_file_location("official_datasets", os.path.join(OFFICIAL, "utils", "datasets.py"))
+    ds_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ds_mod)
+    x = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 9), dtype=np.uint8)
+    flax_enc = enc_mod.encoder_modules["impala_small"]()
+    params = flax_enc.init(jax.random.PRNGKey(0), jnp.asarray(x))["params"]
+    want = np.asarray(flax_enc.apply({"params": params}, jnp.asarray(x)))
+    ours = visual.ImpalaEncoder(9, **visual.ENCODERS["impala_small"])
+    with torch.no_grad():
+        for i, stack in enumerate(ours.stacks):
+            p = params[f"stack_blocks_{i}"]
+            convs = [stack.conv] + [c for block in stack.blocks for c in block]
+            for j, conv in enumerate(convs):
+                conv.weight.copy_(torch.from_numpy(np.asarray(p[f"Conv_{j}"]["kernel"])).permute(3, 2, 0, 1))
+                conv.bias.copy_(torch.from_numpy(np.asarray(p[f"Conv_{j}"]["bias"])))
+        dense = params["MLP_0"]["Dense_0"]
+        ours.dense.weight.copy_(torch.from_numpy(np.asarray(dense["kernel"])).T)
+        ours.dense.bias.copy_(torch.from_numpy(np.asarray(dense["bias"])))
+        got = ours(torch.from_numpy(x)).numpy()
+    assert np.allclose(got, want, atol=1e-4), np.abs(got - want).max()
+    offsets = np.random.default_rng(1).integers(0, 7, (4, 2))
+    crop_froms = np.concatenate([offsets, np.zeros((4, 1), dtype=np.int64)], 1)
+    want = np.asarray(ds_mod.batched_random_crop(jnp.asarray(x), jnp.asarray(crop_froms), 3))
+    got = visual.shift_images([torch.from_numpy(x)], torch.from_numpy(offsets))[0].numpy()
+    assert np.array_equal(got, want)
