@@ -14,6 +14,8 @@ sizes from `commands.sh`):
     uniform random action with prob. 0.1 (puzzle 0.2). When the oracle finishes, the env samples a
     new target (`set_new_target`, per-episode stacking prob. p_stack). scene: episodes where the
     cube leaves the visible area are rejected and redone.
+  * visual-<manipulation dataset>: the same procedure on OGBench's `visual-<env>-v0` env, whose observation is a
+    64x64x3 frame rendered through MuJoCo (MUJOCO_GL, egl unless set), stored as uint8 as in the official files.
   * pointmaze-{medium,large,giant}: action = unit vector towards the env's BFS subgoal + N(0, 0.5^2).
     `navigate`: start in any free cell, goal in a random non-corridor cell, new goal on success.
     `stitch`: goal is a cell exactly 4 BFS steps from the start, 201-step episodes.

@@ -144,6 +144,7 @@ def test_frames_are_uint8_stored_once_and_transitions_match_ogbench(vis_dir, loa
     assert data.frames.dtype == torch.uint8 and data.frames.element_size() == 1
     assert data.frames.numel() == raw["observations"].size == len(raw["observations"]) * 64 * 64 * 3  # 1 B/pixel
     assert len(data.frames) == data.size + int(raw["terminals"].sum())  # no separate next-observation copy
+    assert data.nbytes() == data.frames.numel() + 48 * data.size  # + 48 B per transition (benchmarks/visual.py)
     assert data.size == len(train["observations"])
     batch = data.sample(data.size, torch.arange(data.size))
     for k in ("observations", "next_observations"):
