@@ -14,6 +14,8 @@ sizes from `commands.sh`):
     uniform random action with prob. 0.1 (puzzle 0.2). When the oracle finishes, the env samples a
     new target (`set_new_target`, per-episode stacking prob. p_stack). scene: episodes where the
     cube leaves the visible area are rejected and redone.
+  * visual-<manipulation dataset>: the same procedure on OGBench's `visual-<env>-v0` env, whose observation is a
+    64x64x3 frame rendered through MuJoCo (MUJOCO_GL, egl unless set), stored as uint8 as in the official files.
   * pointmaze-{medium,large,giant}: action = unit vector towards the env's BFS subgoal + N(0, 0.5^2).
     `navigate`: start in any free cell, goal in a random non-corridor cell, new goal on success.
     `stitch`: goal is a cell exactly 4 BFS steps from the start, 201-step episodes.
@@ -25,6 +27,7 @@ Examples:
     python collect.py cube-single-play-v0                     # official size, ~20-25 min (2 workers)
     python collect.py cube-double-noisy-v0 --num-episodes 10 --data-dir /tmp/og
     python collect.py cube-single-play-v0 --p-random-action 0.3   # random-action corruption
+    python collect.py visual-cube-single-play-v0              # 64x64 frames (MUJOCO_GL=egl), docs/visual.md
 
 Deviations from the official scripts:
   * Seeding: the official scripts never seed. Here episode i seeds `np.random` (oracles, noise,
@@ -56,7 +59,7 @@ import tyro
 
 MANIP_ENVS = ("cube-single", "cube-double", "cube-triple", "scene", "puzzle-3x3", "puzzle-4x4")
 MAZE_ENVS = ("pointmaze-medium", "pointmaze-large", "pointmaze-giant")
-SUPPORTED = ("{cube-single,cube-double,cube-triple,scene,puzzle-3x3,puzzle-4x4}-{play,noisy}-v0 "
+SUPPORTED = ("[visual-]{cube-single,cube-double,cube-triple,scene,puzzle-3x3,puzzle-4x4}-{play,noisy}-v0 "
              "and pointmaze-{medium,large,giant}-{navigate,stitch}-v0")
 P_STACK = {"cube-single": 0.0, "cube-double": (0.0, 0.25), "cube-triple": (0.05, 0.35)}  # per episode
 DTYPES = dict(observations=np.float32, actions=np.float32, terminals=bool,
@@ -98,10 +101,11 @@ def make_config(args: Args) -> dict:
 
     plumbing.check_args(args, LIMITS)
     name = args.dataset
-    stem, _, version = name.rpartition("-")
+    stem, _, version = name.removeprefix("visual-").rpartition("-")  # visual-*: the same oracles, pixel frames
     env_base, _, kind = stem.rpartition("-")
     manip = env_base in MANIP_ENVS and kind in ("play", "noisy")
-    if version != "v0" or not (manip or (env_base in MAZE_ENVS and kind in ("navigate", "stitch"))):
+    maze = env_base in MAZE_ENVS and kind in ("navigate", "stitch") and not name.startswith("visual-")
+    if version != "v0" or not (manip or maze):
         if name.startswith(("antmaze", "humanoidmaze", "antsoccer")):
             raise common.UsageError(f"{name}: ant/humanoid datasets need trained SAC experts; use the official "
                                     f"download (ogbench.download_datasets). Supported here: {SUPPORTED}")
@@ -124,6 +128,8 @@ def make_config(args: Args) -> dict:
 
 
 def make_env_and_oracles(cfg):
+    if cfg["name"].startswith("visual-"):  # rendering needs a GL backend chosen before MuJoCo is imported
+        os.environ.setdefault("MUJOCO_GL", "egl")
     import gymnasium
     import ogbench.locomaze  # noqa: F401  (registers the env ids)
     import ogbench.manipspace  # noqa: F401
@@ -132,7 +138,8 @@ def make_env_and_oracles(cfg):
         return gymnasium.make(f"{cfg['env_base']}-v0", **kw), None
     from ogbench.manipspace.oracles.markov import button_markov, cube_markov, drawer_markov, window_markov
     from ogbench.manipspace.oracles.plan import button_plan, cube_plan, drawer_plan, window_plan
-    env = gymnasium.make(f"{cfg['env_base']}-v0", mode="data_collection", **kw)
+    visual = "visual-" if cfg["name"].startswith("visual-") else ""  # 64x64 frames rendered through MUJOCO_GL
+    env = gymnasium.make(f"{visual}{cfg['env_base']}-v0", mode="data_collection", **kw)
     family = cfg["env_base"].split("-")[0]  # cube / scene / puzzle
     if cfg["kind"] == "play":
         o = dict(env=env, noise=cfg["noise"], noise_smoothing=0.5)
@@ -151,7 +158,10 @@ def make_env_and_oracles(cfg):
 
 
 def to_arrays(rows):
-    return {k: np.asarray([r[k] for r in rows], dtype=DTYPES[k]) for k in rows[0]}
+    """Rows -> arrays in the official dtypes; pixel frames stay uint8 (one byte per pixel, as OGBench's files)."""
+    pixels = np.asarray(rows[0]["observations"]).dtype == np.uint8
+    return {k: np.asarray([r[k] for r in rows], dtype=np.uint8 if pixels and k == "observations" else DTYPES[k])
+            for k in rows[0]}
 
 
 def random_or(p, action_fn, dim):

@@ -140,6 +140,9 @@ def load_task(env_id: str, device: torch.device, extra_capacity: int = 0) -> Tas
 def _load_task(env_id: str, device: torch.device) -> Task:
     if BANDIT_ID.match(env_id):
         return _bandit_task(env_id, device)
+    if env_id.startswith("visual-"):  # pixels: frames kept as uint8 (visual.py)
+        import visual
+        return visual.load_visual_task(env_id, device)
     if env_id in D4RL_ALIASES:
         print(f"D4RL alias: {env_id} -> Minari dataset {D4RL_ALIASES[env_id]}")
         env_id = D4RL_ALIASES[env_id]

@@ -32,6 +32,7 @@ Deviations from the official code:
      is seeded from --seed (official: unseeded); collected episodes are logged as online/* (official: exploration/*).
 Speed flags (--compile, --precision bf16) are the same in all five scripts: README, "Benchmark". Under bf16
 this file keeps the losses, TD targets and LayerNorms in fp32.
+Pixels (visual-* ids; --encoder impala_small --p-aug --frame-stack, the official hooks): visual.py, docs/visual.md.
 The full list, the commands for every task family and the logged metrics are in docs/deflow.md.
 
     python deflow.py --env-id bandit-4gaussian
@@ -48,6 +49,7 @@ import torch.nn as nn
 
 import common
 import plumbing
+import visual
 
 
 @dataclass
@@ -90,6 +92,13 @@ class Args:
     """episodes per evaluation (official: 50)"""
     log_interval: int = 5_000
     """write training metrics every this many steps (official: 5K)"""
+    # --- pixels (visual-* ids, docs/visual.md)
+    encoder: Optional[Literal["impala_small"]] = None
+    """the CNN in front of each network on pixels (official --agent.encoder; the papers: impala_small)"""
+    p_aug: float = 0.0
+    """probability that a batch gets the random-shift augmentation (official --p_aug; the papers: 0.5)"""
+    frame_stack: int = 1
+    """frames stacked on the channel axis (official --frame_stack; the papers: 3)"""
     # --- optimisation
     offline_steps: Optional[int] = None
     """gradient steps; default 1M on OGBench, 500K on D4RL/Minari (official), 5K on the bandit"""
@@ -138,7 +147,8 @@ class Args:
 
 # Allowed range of every numeric flag of this script (interval notation; the shared flags are in plumbing.py),
 # checked by plumbing.check_args before any work starts.
-LIMITS = dict(plumbing.TRAIN_LIMITS, delta="(0, inf)", flow_steps="[1, inf)")
+LIMITS = dict(plumbing.TRAIN_LIMITS, p_aug="[0, 1]", frame_stack="[1, inf)",
+              delta="(0, inf)", flow_steps="[1, inf)")
 
 
 # ---------------------------------------------------------------------------------------------------- networks
@@ -227,11 +237,13 @@ class LogAlpha(nn.Module):
 
 def make_nets(args: Args, obs_dim: int, action_dim: int) -> nn.ModuleDict:
     """The official module names; log alpha is a parameter like the others, so main's single Adam (shared lr, as
-    in the official optax chain) and the checkpoint cover it."""
-    critic = Critic(obs_dim, action_dim, args.value_hidden_dims, args.layer_norm)
+    in the official optax chain) and the checkpoint cover it. With --encoder each network gets its own encoder (the
+    official `encoders` dict); the target critic's is a copy of the critic's."""
+    obs_dim, enc = visual.feature_dim(args, obs_dim), lambda net: visual.with_encoder(net, args)  # noqa: E731
+    critic = enc(Critic(obs_dim, action_dim, args.value_hidden_dims, args.layer_norm))
     return nn.ModuleDict(dict(
-        actor_bc_flow=VectorField(obs_dim, action_dim, args.actor_hidden_dims, args.actor_layer_norm),
-        refine_onestep_flow=Refinement(obs_dim, action_dim, args.actor_hidden_dims, args.actor_layer_norm),
+        actor_bc_flow=enc(VectorField(obs_dim, action_dim, args.actor_hidden_dims, args.actor_layer_norm)),
+        refine_onestep_flow=enc(Refinement(obs_dim, action_dim, args.actor_hidden_dims, args.actor_layer_norm)),
         log_alpha=LogAlpha(1.0),  # alpha_0 = e (the official comment's "2.3 = log 10" is not what the code uses)
         critic=critic,
         target_critic=copy.deepcopy(critic).requires_grad_(False),
@@ -248,6 +260,8 @@ def flow_bc_loss(v: nn.Module, obs: torch.Tensor, actions: torch.Tensor, x0: tor
 
 def euler_integrate(v, obs: torch.Tensor, z: torch.Tensor, steps: int) -> torch.Tensor:
     """x_{k+1} = x_k + v(s, x_k, k/K) / K from x_0 = z; only the result is clipped to [-1, 1]. [B, A]"""
+    if hasattr(v, "encoder"):  # pixels: the observation is encoded once for the K steps (official
+        obs = v.encoder(obs)  # actor_bc_flow_encoder); v's pre-hook passes features through
     x = z
     for k in range(steps):
         x = x + v(obs, x, torch.full_like(x[:, :1], k / steps)) / steps
@@ -364,6 +378,7 @@ def main(args: Args) -> dict:
     task = common.load_task(args.env_id, device)
     steps = common.default_offline_steps(task.env_id) if args.offline_steps is None else args.offline_steps
     # ALGO LOGIC: what the method needs of the data, the replay for the online phase, the networks, the optimizer
+    visual.configure(task, args)  # pixels: --frame-stack and --p-aug reach the dataset and the eval envs
     online = common.Collector(task, args.online_steps, args.buffer_size, args.seed,
                               balanced=args.balanced_sampling) if args.online_steps else None
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)

@@ -38,6 +38,7 @@ sums over action dims), laplace as the default kernel (the paper's Sec. 5.5 says
 default, the step size eta, the finite self-mask (Alg. 1: +inf), N = 4 and noise dim 8 on cube-double (Table 5: N = 32).
 Speed flags (--compile, --precision bf16) are the same in all five scripts: README, "Benchmark". Under bf16
 this file keeps the losses, TD targets, LayerNorms and the drift field (distances of nearby actions) in fp32.
+Pixels (visual-* ids; --encoder impala_small --p-aug --frame-stack, the official hooks): visual.py, docs/visual.md.
 The full list, the commands for every task family and the logged metrics are in docs/driftql.md.
 
     python driftql.py --env-id bandit-4gaussian --actor-hidden-dims 64 64 --value-hidden-dims 64 64 --batch-size 64 \\
@@ -59,6 +60,7 @@ import torch.nn as nn
 
 import common
 import plumbing
+import visual
 
 
 @dataclass
@@ -101,6 +103,13 @@ class Args:
     """episodes per evaluation (official: 50)"""
     log_interval: int = 5_000
     """write training metrics every this many steps (official: 5K)"""
+    # --- pixels (visual-* ids, docs/visual.md)
+    encoder: Optional[Literal["impala_small"]] = None
+    """the CNN in front of each network on pixels (official --agent.encoder; the papers: impala_small)"""
+    p_aug: float = 0.0
+    """probability that a batch gets the random-shift augmentation (official --p_aug; the papers: 0.5)"""
+    frame_stack: int = 1
+    """frames stacked on the channel axis (official --frame_stack; the papers: 3)"""
     # --- optimisation
     offline_steps: Optional[int] = None
     """gradient steps; default 1M on OGBench, 500K on D4RL/Minari (paper; the official flag is 1M), 5K on the bandit"""
@@ -154,7 +163,8 @@ class Args:
 
 # Allowed range of every numeric flag of this script (interval notation; the shared flags are in plumbing.py),
 # checked by plumbing.check_args before any work starts.
-LIMITS = dict(plumbing.TRAIN_LIMITS, alpha="[0, inf)", drift_temp="(0, inf)", drift_ngen="[1, inf)",
+LIMITS = dict(plumbing.TRAIN_LIMITS, p_aug="[0, 1]", frame_stack="[1, inf)",
+              alpha="[0, inf)", drift_temp="(0, inf)", drift_ngen="[1, inf)",
               drift_eta="[0, inf)")
 
 
@@ -223,10 +233,13 @@ class Generator(nn.Module):
 
 
 def make_nets(args: Args, obs_dim: int, action_dim: int) -> nn.ModuleDict:
-    critic = Critic(obs_dim, action_dim, args.value_hidden_dims, args.layer_norm)
+    """With --encoder each network gets its own encoder (the official `encoders` dict); the target critic's is a copy
+    of the critic's."""
+    obs_dim, enc = visual.feature_dim(args, obs_dim), lambda net: visual.with_encoder(net, args)  # noqa: E731
+    critic = enc(Critic(obs_dim, action_dim, args.value_hidden_dims, args.layer_norm))
     noise_dim = args.noise_dim if args.noise_dim and args.noise_dim > 0 else action_dim  # official: <= 0 -> A
     return nn.ModuleDict(dict(
-        actor_bc_drift=Generator(obs_dim, action_dim, noise_dim, args.actor_hidden_dims, args.actor_layer_norm),
+        actor_bc_drift=enc(Generator(obs_dim, action_dim, noise_dim, args.actor_hidden_dims, args.actor_layer_norm)),
         critic=critic,
         target_critic=copy.deepcopy(critic).requires_grad_(False),
     ))
@@ -337,7 +350,8 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
     gen = actor(obs.repeat_interleave(n, 0), eps).clamp(-1, 1).view(b, n, a_dim)  # [B, N, A]
     pos, pos_mask = actions.clamp(-1, 1).unsqueeze(1), None  # [B, 1, A]: the dataset action, the official positive
     if args.same_state_positives:  # every batch action whose state equals the row's: [B, B, A], mask [B, B]
-        pos, pos_mask = pos.transpose(0, 1).expand(b, b, a_dim), (obs.unsqueeze(1) == obs.unsqueeze(0)).all(-1)
+        same = (obs.unsqueeze(1) == obs.unsqueeze(0)).flatten(2).all(-1)  # [B, B]; pixels compare whole frames
+        pos, pos_mask = pos.transpose(0, 1).expand(b, b, a_dim), same
     drift, v_drift, v_attract, v_repel = drift_loss(gen, pos, args.drift_temp, args.kernel, args.drift_eta, pos_mask)
     # actor: a separate generator sample per state for the Q term (not one of the N drift samples)
     actor_actions = actor(obs, torch.randn(b, actor.noise_dim, device=obs.device))
@@ -387,6 +401,7 @@ def main(args: Args) -> dict:
     task = common.load_task(args.env_id, device)
     steps = common.default_offline_steps(task.env_id) if args.offline_steps is None else args.offline_steps
     # ALGO LOGIC: what the method needs of the data, the replay for the online phase, the networks, the optimizer
+    visual.configure(task, args)  # pixels: --frame-stack and --p-aug reach the dataset and the eval envs
     online = common.Collector(task, args.online_steps, args.buffer_size, args.seed,
                               balanced=args.balanced_sampling) if args.online_steps else None
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)

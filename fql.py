@@ -34,6 +34,7 @@ Deviations from the official code:
      cube-quadruple datasets (--ogbench_dataset_dir) are not supported.
 Speed flags (--compile, --precision bf16) are the same in all five scripts: README, "Benchmark". Under bf16
 this file keeps the losses, TD targets and LayerNorms in fp32.
+Pixels (visual-* ids; --encoder impala_small --p-aug --frame-stack, the official hooks): visual.py, docs/visual.md.
 The full list, the commands for every task family and the logged metrics are in docs/fql.md.
 
     python fql.py --env-id bandit-4gaussian
@@ -52,6 +53,7 @@ import torch.nn as nn
 
 import common
 import plumbing
+import visual
 
 
 @dataclass
@@ -94,6 +96,13 @@ class Args:
     """episodes per evaluation (official: 50)"""
     log_interval: int = 5_000
     """write training metrics every this many steps (official: 5K)"""
+    # --- pixels (visual-* ids, docs/visual.md)
+    encoder: Optional[Literal["impala_small"]] = None
+    """the CNN in front of each network on pixels (official --agent.encoder; the papers: impala_small)"""
+    p_aug: float = 0.0
+    """probability that a batch gets the random-shift augmentation (official --p_aug; the papers: 0.5)"""
+    frame_stack: int = 1
+    """frames stacked on the channel axis (official --frame_stack; the papers: 3)"""
     # --- optimisation
     offline_steps: Optional[int] = None
     """gradient steps; default 1M on OGBench, 500K on D4RL/Minari (official), 5K on the bandit"""
@@ -150,8 +159,8 @@ class Args:
 
 # Allowed range of every numeric flag of this script (interval notation; the shared flags are in plumbing.py),
 # checked by plumbing.check_args before any work starts.
-LIMITS = dict(plumbing.TRAIN_LIMITS, alpha="[0, inf)", flow_steps="[1, inf)", horizon="[1, inf)",
-              actor_num_samples="[1, inf)")
+LIMITS = dict(plumbing.TRAIN_LIMITS, p_aug="[0, 1]", frame_stack="[1, inf)",
+              alpha="[0, inf)", flow_steps="[1, inf)", horizon="[1, inf)", actor_num_samples="[1, inf)")
 
 
 # ---------------------------------------------------------------------------------------------------- networks
@@ -234,12 +243,14 @@ def policy_dim(args: Args, action_dim: int) -> int:
 
 def make_nets(args: Args, obs_dim: int, action_dim: int) -> nn.ModuleDict:
     """`action_dim` is the env's; the networks act on policy_dim (acfql's full_action_dim). best-of-n has no one-step
-    actor."""
-    dim = policy_dim(args, action_dim)
-    critic = Critic(obs_dim, dim, args.value_hidden_dims, args.layer_norm)  # drawn first, then the actors
-    nets = dict(actor_bc_flow=VectorField(obs_dim, dim, args.actor_hidden_dims, args.actor_layer_norm))
+    actor. With --encoder each network gets its own encoder (the official `encoders` dict); the target critic's is a
+    copy of the critic's."""
+    dim, obs_dim = policy_dim(args, action_dim), visual.feature_dim(args, obs_dim)
+    enc = lambda net: visual.with_encoder(net, args)  # noqa: E731
+    critic = enc(Critic(obs_dim, dim, args.value_hidden_dims, args.layer_norm))  # drawn first, then the actors
+    nets = dict(actor_bc_flow=enc(VectorField(obs_dim, dim, args.actor_hidden_dims, args.actor_layer_norm)))
     if args.actor_type == "distill-ddpg":
-        nets["actor_onestep_flow"] = OneStepActor(obs_dim, dim, args.actor_hidden_dims, args.actor_layer_norm)
+        nets["actor_onestep_flow"] = enc(OneStepActor(obs_dim, dim, args.actor_hidden_dims, args.actor_layer_norm))
     return nn.ModuleDict(dict(nets, critic=critic, target_critic=copy.deepcopy(critic).requires_grad_(False)))
 
 
@@ -257,6 +268,8 @@ def flow_bc_loss(v: nn.Module, obs: torch.Tensor, actions: torch.Tensor, x0: tor
 
 def euler_integrate(v, obs: torch.Tensor, z: torch.Tensor, steps: int) -> torch.Tensor:
     """x_{k+1} = x_k + v(s, x_k, k/K) / K from x_0 = z; only the result is clipped to [-1, 1]. [B, A]"""
+    if hasattr(v, "encoder"):  # pixels: the observation is encoded once for the K steps (official
+        obs = v.encoder(obs)  # actor_bc_flow_encoder); v's pre-hook passes features through
     x = z
     for k in range(steps):
         x = x + v(obs, x, torch.full_like(x[:, :1], k / steps)) / steps
@@ -399,6 +412,7 @@ def main(args: Args) -> dict:
     if args.horizon > 1 and args.balanced_sampling:
         raise common.UsageError("--balanced-sampling draws single transitions; with --horizon > 1 the chunks come "
                                 "uniformly from the whole replay (as in Q-chunking): drop --balanced-sampling")
+    visual.configure(task, args)  # pixels: --frame-stack and --p-aug reach the dataset and the eval envs
     online = common.Collector(task, args.online_steps, args.buffer_size, args.seed, horizon=execution_horizon(args),
                               balanced=args.balanced_sampling) if args.online_steps else None
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import runfiles
+import visual
 from common import Collector, Task, UsageError
 from common import default_offline_steps as common_default_steps
 
@@ -123,6 +124,7 @@ def check_args(args, limits: dict) -> None:
 def setup(args, limits: dict) -> torch.device:
     """Checks the flags against `limits`, seeds python, numpy and torch, and returns the device."""
     check_args(args, limits)
+    visual.check(args)  # pixels: the scripts that refuse them, online fine-tuning, --encoder without pixels
     if args.track:
         try:
             importlib.import_module("wandb")

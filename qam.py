@@ -297,6 +297,8 @@ def flow_bc_loss(v: nn.Module, obs: torch.Tensor, actions: torch.Tensor, x0: tor
 
 def euler_integrate(v, obs: torch.Tensor, z: torch.Tensor, steps: int) -> torch.Tensor:
     """x_{k+1} = x_k + v(s, x_k, k/K) / K from x_0 = z; only the result is clipped to [-1, 1]. [B, A]"""
+    if hasattr(v, "encoder"):  # pixels: the observation is encoded once for the K steps (official
+        obs = v.encoder(obs)  # actor_bc_flow_encoder); v's pre-hook passes features through
     x = z
     for k in range(steps):
         x = x + v(obs, x, torch.full_like(x[:, :1], k / steps)) / steps

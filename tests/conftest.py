@@ -11,6 +11,7 @@ import torch
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download: a missing Minari dataset fails at once, no retries
+os.environ.setdefault("MUJOCO_GL", "egl")  # the visual tests render; MuJoCo picks its GL backend when imported
 
 import collect  # noqa: E402
 import plumbing  # noqa: E402

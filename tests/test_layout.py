@@ -12,7 +12,8 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = ("fql", "driftql", "dfp", "qam", "deflow")
-SHARED_FILES = ("common.py", "loaders.py", "plumbing.py", "runfiles.py")
+SHARED_FILES = ("common.py", "loaders.py", "plumbing.py", "runfiles.py", "visual.py")
+PIXELS = ("fql", "driftql", "deflow")  # the scripts whose official code has the visual hooks (visual.py)
 # blocks that more than one script defines and that must stay the same text, so that `diff fql.py driftql.py` shows
 # only the method
 SAME_TEXT = ("mlp", "Critic", "VectorField", "OneStepActor", "Generator", "euler_integrate", "aggregate_q",
@@ -68,9 +69,10 @@ def test_every_script_has_the_one_interface(name):
     assert params(mod.update) == ["nets", "opt", "batch", "args", "loss_fn", "phase"]
     assert params(mod.act) == ["nets", "obs", "args"] and params(mod.make_policy) == ["nets", "args"]
     assert inspect.signature(mod.act).parameters["args"].default is inspect.Parameter.empty  # no silent Args()
-    # a script reads two shared modules: the protocol and the run machinery
+    # a script reads two shared modules: the protocol and the run machinery (and visual.py where it takes pixels)
     imported = {n.names[0].name for n in ast.parse(source(name)).body if isinstance(n, ast.Import)}
-    assert imported & {path[:-3] for path in SHARED_FILES} == {"common", "plumbing"}
+    assert imported & {path[:-3] for path in SHARED_FILES} == {"common", "plumbing"} | ({"visual"} if name in PIXELS
+                                                                                         else set())
 
 
 @pytest.mark.parametrize("path", SHARED_FILES)
