@@ -375,9 +375,8 @@ def chunked_td_target(rewards, masks, next_q, discount: float, horizon: int, rho
 
 def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
     """target <- tau * source + (1 - tau) * target, in place."""
-    with torch.no_grad():
-        for tp, sp in zip(target.parameters(), source.parameters()):
-            tp.lerp_(sp, tau)
+    with torch.no_grad():  # one call for all the tensors: one kernel per group of them on a GPU, not one each
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
 def frozen(module: nn.Module):
