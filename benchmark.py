@@ -40,16 +40,21 @@ import common
 import plumbing
 import runfiles
 
-MODES = {"eager": ("fp32", False), "bf16": ("bf16", False), "compile": ("fp32", True), "compile-bf16": ("bf16", True)}
+MODES = {"eager": ("fp32", False), "bf16": ("bf16", False), "compile": ("fp32", True), "compile-bf16": ("bf16", True),
+         "compile-nocg": ("fp32", True)}
+NAMES = {"eager": "fp32 eager", "bf16": "bf16", "compile": "compiled", "compile-bf16": "compiled+bf16",
+         "compile-nocg": "compiled, no CUDA graphs"}
+COMPILED = ("compile", "compile-bf16", "compile-nocg")
 
 
 @dataclass
 class Args:
     algos: tuple[str, ...] = ("fql", "driftql", "dfp", "qam", "deflow")
     """script modules to time (each exposes make_nets, losses, update, act and Args)"""
-    modes: tuple[Literal["eager", "bf16", "compile", "compile-bf16"], ...] = ("eager", "bf16", "compile",
-                                                                            "compile-bf16")
-    """training configurations: fp32 eager, --precision bf16, --compile, and both"""
+    modes: tuple[Literal["eager", "bf16", "compile", "compile-bf16", "compile-nocg"], ...] = (
+        "eager", "bf16", "compile", "compile-bf16")
+    """training configurations: fp32 eager, --precision bf16, --compile (on CUDA: CUDA graphs), both, and on CUDA
+    compile-nocg: the compiled loss without CUDA graphs (fp32; on the CPU the same as compile)"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto takes CUDA when present and says so loudly when it falls back to the CPU"""
     steps: int = 20
@@ -156,12 +161,15 @@ def sizes(args: Args) -> dict:
     return dict(actor_hidden_dims=(args.hidden,) * 4, value_hidden_dims=(args.hidden,) * 4) if args.hidden else {}
 
 
-def setup(mod, args: Args, device: torch.device, precision: str, compile: bool) -> tuple:
-    """The networks, Adam, loss function and policy of the script's main for one configuration."""
+def setup(mod, args: Args, device: torch.device, precision: str, compile: bool, graphs: bool = True) -> tuple:
+    """The networks, Adam, loss function and policy of the script's main for one configuration (graphs=False: the
+    compiled loss without CUDA graphs)."""
     margs = mod.Args(device=device.type, precision=precision, compile=compile, **sizes(args))
     torch.manual_seed(args.seed)
     nets = mod.make_nets(margs, args.obs_dim, args.action_dim).to(device)
     opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=margs.lr, fused=compile or None)
+    if compile and not graphs:
+        return margs, nets, opt, torch.compile(mod.losses, fullgraph=True), torch.compile(mod.act, fullgraph=True)
     if compile:
         return margs, nets, opt, plumbing.compiled(mod.losses, device), plumbing.compiled(mod.act, device)
     return margs, nets, opt, mod.losses, mod.act
@@ -174,7 +182,7 @@ def bench(name: str, args: Args, device: torch.device, data: common.Dataset) -> 
     for mode in args.modes:
         precision, compile = MODES[mode]
         torch._dynamo.reset()
-        margs, nets, opt, loss_fn, policy = setup(mod, args, device, precision, compile)
+        margs, nets, opt, loss_fn, policy = setup(mod, args, device, precision, compile, mode != "compile-nocg")
         if mode == "eager":
             row["nfe"] = count_forward_evaluations(nets, lambda: mod.act(nets, obs1, margs))
             row["per_call"] = mod.act(nets, obs1, margs).shape[-1] // args.action_dim  # > 1 for action chunks (QAM)
@@ -211,10 +219,12 @@ def bench(name: str, args: Args, device: torch.device, data: common.Dataset) -> 
 
 def time_loop(mod, args: Args, device: torch.device) -> float:
     """Steps/s of the script's whole main(): the bandit (built in, no env package), one evaluation at step 1 and one
-    at the end, logs at the default interval, a checkpoint per evaluation; eager fp32."""
+    at the end, logs at the default interval, a checkpoint per evaluation; eager fp32. The evaluation's picture is
+    not drawn: drawing is not training, and matplotlib is not on a bare GPU machine (benchmarks/gpu.sh)."""
     import tempfile
+    from unittest import mock
 
-    with tempfile.TemporaryDirectory() as runs:
+    with tempfile.TemporaryDirectory() as runs, mock.patch.object(common, "save_bandit_png", lambda *_, **__: None):
         margs = mod.Args(env_id="bandit-4gaussian", offline_steps=args.loop_steps, eval_interval=args.loop_steps,
                          device=device.type, runs_dir=runs, seed=args.seed, **sizes(args),
                          **({"horizon": 1} if hasattr(mod.Args, "horizon") else {}))
@@ -234,6 +244,41 @@ def cpu_model() -> str:
 
 def fmt(row: dict, key: str, spec: str) -> str:
     return format(row[key], spec) if key in row else "-"
+
+
+def table(args: Args, rows: list, device: torch.device) -> list:
+    """The markdown lines of the table: one row per script."""
+    names = NAMES
+    cols = ([(f"{names[m]} steps/s", m, ".2f") for m in args.modes]
+            + [(f"ms/act B={b}{' compiled' if m == 'compile' else ''}", f"ms_b{b}_{m}", ".3f")
+               for m in ("eager", "compile") if m in args.modes for b in (1, 50)]
+            + [(f"compile s{'' if m == 'compile' else ' (' + names[m] + ')'}", f"compile_s_{m}", ".0f")
+               for m in COMPILED if m in args.modes]
+            + [(f"compiled graphs (breaks){'' if m == 'compile' else ' ' + names[m]}", f"graphs_{m}", "")
+               for m in COMPILED if m in args.modes]
+            + [(f"ops/step {names[m]}", f"ops_{m}", "d") for m in args.modes]
+            + [(f"peak MiB {names[m]}", f"mem_{m}", ".0f") for m in args.modes if device.type == "cuda"]
+            + ([(f"loop steps/s ({args.loop_steps} steps)", "loop", ".1f")] if args.loop_steps else [])
+            + [("NFE/act call", "nfe", "d"), ("actions/call", "per_call", "d"), ("params (M)", "params_m", ".2f")])
+    head_row = "| algo       | " + " | ".join(c[0] for c in cols) + " |"
+    lines = [head_row, "|" + "|".join("-" * len(c) for c in head_row.split("|")[1:-1]) + "|"]
+    lines += [f"| {r['algo']:<10} | " + " | ".join(fmt(r, key, spec).rjust(len(title)) for title, key, spec in cols)
+              + " |" for r in rows]
+    lines.append(f"(training batch {rows[0]['batch'] if rows else '-'}, {args.steps} timed steps per mode; "
+                 f"{args.act_calls} timed act calls per batch size)")
+    return lines
+
+
+def write_table(args: Args, head: str, rows: list, load_before: tuple, device: torch.device) -> None:
+    """--out: the table headed by the machine, the commit, the command and the load average before and now."""
+    run = runfiles.provenance()
+    machine = f"{platform.machine()} {cpu_model()}, {os.cpu_count()} cores"
+    meta = [f"- machine: {machine}", f"- {head}",
+            f"- commit: {run['commit']}{' (uncommitted changes)' if run['dirty'] else ''}",
+            f"- command: `{run['command']}`", f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+            "- load average (1, 5, 15 min) before: " + ", ".join(f"{x:.2f}" for x in load_before)
+            + "; after: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())]
+    runfiles.write_atomic(Path(args.out), "\n".join(meta + [""] + table(args, rows, device)) + "\n")
 
 
 # allowed ranges, checked before any work (plumbing.check_args)
@@ -263,35 +308,13 @@ def main(args: Args) -> list:
     print(head)
     load_before = os.getloadavg()
     data = synthetic_data(args.obs_dim, args.action_dim, device)
-    rows = [bench(name, args, device, data) for name in args.algos]
-    names = {"eager": "fp32 eager", "bf16": "bf16", "compile": "compiled", "compile-bf16": "compiled+bf16"}
-    cols = ([(f"{names[m]} steps/s", m, ".2f") for m in args.modes]
-            + [(f"ms/act B={b}{' compiled' if m == 'compile' else ''}", f"ms_b{b}_{m}", ".3f")
-               for m in ("eager", "compile") if m in args.modes for b in (1, 50)]
-            + [(f"compile s{'' if m == 'compile' else ' (bf16)'}", f"compile_s_{m}", ".0f")
-               for m in ("compile", "compile-bf16") if m in args.modes]
-            + [(f"compiled graphs (breaks){'' if m == 'compile' else ' bf16'}", f"graphs_{m}", "")
-               for m in ("compile", "compile-bf16") if m in args.modes]
-            + [(f"ops/step {names[m]}", f"ops_{m}", "d") for m in args.modes]
-            + [(f"peak MiB {names[m]}", f"mem_{m}", ".0f") for m in args.modes if device.type == "cuda"]
-            + ([(f"loop steps/s ({args.loop_steps} steps)", "loop", ".1f")] if args.loop_steps else [])
-            + [("NFE/act call", "nfe", "d"), ("actions/call", "per_call", "d"), ("params (M)", "params_m", ".2f")])
-    head_row = "| algo       | " + " | ".join(c[0] for c in cols) + " |"
-    lines = [head_row, "|" + "|".join("-" * len(c) for c in head_row.split("|")[1:-1]) + "|"]
-    lines += [f"| {r['algo']:<10} | " + " | ".join(fmt(r, key, spec).rjust(len(title)) for title, key, spec in cols)
-              + " |" for r in rows]
-    lines.append(f"(training batch {rows[0]['batch'] if rows else '-'}, {args.steps} timed steps per mode; "
-                 f"{args.act_calls} timed act calls per batch size)")
-    print("\n".join(lines))
+    rows = []
+    for name in args.algos:  # the table is written after every script: a run cut short keeps the rows it has
+        rows.append(bench(name, args, device, data))
+        if args.out:
+            write_table(args, head, rows, load_before, device)
+    print("\n".join(table(args, rows, device)))
     if args.out:
-        run = runfiles.provenance()
-        machine = f"{platform.machine()} {cpu_model()}, {os.cpu_count()} cores"
-        meta = [f"- machine: {machine}", f"- {head}",
-                f"- commit: {run['commit']}{' (uncommitted changes)' if run['dirty'] else ''}",
-                f"- command: `{run['command']}`", f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-                "- load average (1, 5, 15 min) before: " + ", ".join(f"{x:.2f}" for x in load_before)
-                + "; after: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())]
-        runfiles.write_atomic(Path(args.out), "\n".join(meta + [""] + lines) + "\n")
         print(f"table written to {args.out}")
     return rows
 
