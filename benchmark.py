@@ -273,9 +273,9 @@ def write_table(args: Args, head: str, rows: list, load_before: tuple, device: t
     """--out: the table headed by the machine, the commit, the command and the load average before and now."""
     run = runfiles.provenance()
     machine = f"{platform.machine()} {cpu_model()}, {os.cpu_count()} cores"
-    meta = [f"- machine: {machine}", f"- {head}",
-            f"- commit: {run['commit']}{' (uncommitted changes)' if run['dirty'] else ''}",
-            f"- command: `{run['command']}`", f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+    meta = [f"- machine: {machine}; {head}",
+            f"- commit: {run['commit']}{' (uncommitted changes)' if run['dirty'] else ''}, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `{run['command']}`",
             "- load average (1, 5, 15 min) before: " + ", ".join(f"{x:.2f}" for x in load_before)
             + "; after: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())]
     runfiles.write_atomic(Path(args.out), "\n".join(meta + [""] + table(args, rows, device)) + "\n")
