@@ -239,8 +239,8 @@ def test_the_prepared_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     import sys as _sys
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     out = subprocess.run(["bash", "benchmarks/gpu.sh", str(tmp_path), "--device", "cpu", "--steps", "1", "--act-calls",
-                          "1", "--loop-steps", "10", "--hidden", "16", "--threads", "1", "--algos", "fql", "qam", "--modes", "eager",
-                          "bf16"], cwd=root,
+                          "1", "--loop-steps", "10", "--hidden", "16", "--threads", "1", "--algos", "fql", "qam",
+                          "--modes", "eager", "bf16"], cwd=root,
                          capture_output=True, text=True, env={**os.environ, "PATH": os.path.dirname(_sys.executable)
                                                               + os.pathsep + os.environ["PATH"]})
     assert out.returncode == 0, out.stderr[-800:]
