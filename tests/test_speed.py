@@ -62,6 +62,38 @@ def test_batched_critic_equals_a_loop_over_member_mlps(num_qs, layer_norm):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("num_qs,hidden,rows", [(2, (32, 32), 16), (10, (64, 48), 33), (2, (512, 512), 256)])
+def test_member_by_member_hidden_layers_give_the_batched_values_bit_for_bit(num_qs, hidden, rows):
+    """The hidden layers run member by member to avoid stacking the LayerNorm outputs (issue 35); the values and the
+    gradients are those of one batched matmul per layer, bit for bit (tests/test_bit_identity.py relies on it)."""
+    import fql
+    nn = torch.nn
+
+    def batched(self, obs, action):  # every layer one baddbmm over the members, LayerNorm outputs stacked
+        x = torch.cat([obs, action], -1)
+        h = x.expand(len(self.weights[0]), -1, -1)
+        for l, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b, h, w)
+            if l < len(self.weights) - 1:
+                h = torch.stack([nn.functional.layer_norm(nn.functional.gelu(m, approximate="tanh"), m.shape[-1:],
+                                                          g[0], o[0], eps=1e-6)
+                                 for m, g, o in zip(h, self.norm_weights[l], self.norm_biases[l])])
+        return h.squeeze(-1)
+    torch.manual_seed(0)
+    critic = fql.Critic(5, 3, hidden, True, num_qs)
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    obs, act = torch.randn(rows, 5), torch.rand(rows, 3) * 2 - 1
+    out = []
+    for f in (fql.Critic.forward, batched):
+        critic.zero_grad()
+        q = f(critic, obs, act)
+        (q * torch.randn(q.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+        out.append([q.detach()] + [p.grad.clone() for p in critic.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*out))
+
+
 def test_batched_members_are_drawn_independently():
     import fql
     torch.manual_seed(0)
@@ -207,8 +239,8 @@ def test_the_prepared_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     import sys as _sys
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     out = subprocess.run(["bash", "benchmarks/gpu.sh", str(tmp_path), "--device", "cpu", "--steps", "1", "--act-calls",
-                          "1", "--loop-steps", "10", "--hidden", "16", "--algos", "fql", "qam", "--modes", "eager",
-                          "bf16"], cwd=root,
+                          "1", "--loop-steps", "10", "--hidden", "16", "--threads", "1", "--algos", "fql", "qam",
+                          "--modes", "eager", "bf16"], cwd=root,
                          capture_output=True, text=True, env={**os.environ, "PATH": os.path.dirname(_sys.executable)
                                                               + os.pathsep + os.environ["PATH"]})
     assert out.returncode == 0, out.stderr[-800:]
