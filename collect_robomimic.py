@@ -80,10 +80,8 @@ def episode(env, rng: np.random.Generator, noise: float, max_steps: int) -> dict
 def collect(args) -> str:
     """Writes <data_dir>/lift/<type>/<file> for args.dataset = 'lift-<type>-low_dim'; returns its path."""
     import h5py
-    import robosuite
 
     import loaders
-    from robosuite.controllers.composite.composite_controller_factory import refactor_composite_controller_config
 
     path = loaders.robomimic_path(args.dataset)  # an unknown task or type lists the valid ids
     if not args.dataset.startswith("lift-"):
@@ -94,6 +92,9 @@ def collect(args) -> str:
     n = 10 if args.num_episodes is None else args.num_episodes
     steps = loaders.ROBOMIMIC_STEPS["lift"] if args.max_episode_steps is None else args.max_episode_steps
     noise = 0.1 if args.noise is None else args.noise
+    import robosuite  # after the checks: its import prints warnings
+    from robosuite.controllers.composite.composite_controller_factory import refactor_composite_controller_config
+
     kwargs = dict(ENV_KWARGS)
     kwargs["controller_configs"] = refactor_composite_controller_config(OSC_POSE, robot_type="Panda", arms=["right"])
     env = robosuite.make("Lift", **kwargs)
