@@ -17,7 +17,7 @@ import common  # noqa: E402
 import loaders  # noqa: E402
 import runfiles  # noqa: E402
 from conftest import assert_one_line, cli, run_dir_of  # noqa: E402
-from test_online import SCRIPTS, tiny_args  # noqa: E402
+from test_online import tiny_args  # noqa: E402
 
 CPU = torch.device("cpu")
 LIFT = "lift-ph-low_dim"
@@ -110,7 +110,7 @@ def test_reset_seeds_the_placement_and_leaves_numpy_alone(robomimic_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [*SCRIPTS, "dfp-h5"])
+@pytest.mark.parametrize("name", ["fql", "driftql", "dfp-h5", "qam", "deflow"])
 def test_script_runs_offline_then_online(name, robomimic_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(loaders.ROBOMIMIC_STEPS, "lift", 40)  # short episodes: evaluations and resets cost less
     script = name.split("-")[0]
