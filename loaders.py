@@ -302,10 +302,13 @@ class RobomimicEnv(gym.Env):
                 kwargs["controller_configs"], robot_type="Panda", arms=["right"])
         kwargs.update(has_renderer=False, has_offscreen_renderer=False, ignore_done=True, use_object_obs=True,
                       use_camera_obs=False, camera_depths=False)
-        self.env = robosuite.make(env_meta["env_name"], **kwargs)
+        outer = np.random.get_state()  # building places the objects once too: numpy's generator is given back
+        try:
+            self.env = robosuite.make(env_meta["env_name"], **kwargs)
+        finally:
+            np.random.set_state(outer)
         self.max_steps, self.t, self.placement = max_steps, 0, None
-        low, high = self.env.action_spec
-        self.action_space = gym.spaces.Box(-1.0, 1.0, low.shape, np.float64)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, self.env.action_spec[0].shape, np.float64)
         dim = len(self._obs(self.env._get_observations(force_update=True)))
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float64)
 

@@ -100,9 +100,9 @@ def test_env_from_metadata_matches_the_dataset_layout(robomimic_dir):
 
 
 def test_reset_seeds_the_placement_and_leaves_numpy_alone(robomimic_dir):
-    env = common.load_task(LIFT, CPU).make_env()
     np.random.seed(123)
     before = np.random.get_state()[1].copy()
+    env = common.load_task(LIFT, CPU).make_env()
     a, b, c = env.reset(seed=7)[0], env.reset(seed=7)[0], env.reset(seed=8)[0]
     assert np.array_equal(a, b) and not np.array_equal(a, c)  # the cube's start differs with the seed
     assert np.array_equal(np.random.get_state()[1], before)  # the process's generator is untouched
