@@ -87,6 +87,11 @@ def collect(args) -> str:
     if not args.dataset.startswith("lift-"):
         raise loaders.UsageError(f"{args.dataset}: only Lift has a scripted policy here; download the file "
                                  "(docs/robomimic.md) or pass lift-ph-low_dim")
+    unused = [f"--{k.replace('_', '-')}" for k in ("num_val_episodes", "p_random_action")
+              if getattr(args, k) is not None]
+    if unused:
+        raise loaders.UsageError(f"{unused[0]} is an OGBench setting; a Robomimic file takes --num-episodes, "
+                                 "--max-episode-steps, --noise, --seed and --data-dir")
     if args.data_dir:
         path = os.path.join(os.path.expanduser(args.data_dir), *path.split(os.sep)[-3:])
     n = 10 if args.num_episodes is None else args.num_episodes

@@ -159,7 +159,10 @@ def test_file_without_a_low_dim_key_names_it(drop, robomimic_dir, tmp_path, caps
     assert not os.path.exists(tmp_path / "runs")
 
 
-def test_collect_refuses_a_task_without_a_script(tmp_path, capsys, monkeypatch):
-    code, err = cli("collect", ["can-ph-low_dim", "--data-dir", str(tmp_path)], capsys, monkeypatch)
-    assert_one_line(code, err, "can-ph-low_dim", "lift-ph-low_dim")
+@pytest.mark.parametrize("argv, names", [(["can-ph-low_dim"], ["can-ph-low_dim", "lift-ph-low_dim"]),
+                                         (["lift-xx-low_dim"], ["lift-xx-low_dim", "lift-mh-low_dim"]),
+                                         (["lift-ph-low_dim", "--p-random-action", "0.1"], ["--p-random-action"])])
+def test_collect_refuses_what_it_cannot_write(argv, names, tmp_path, capsys, monkeypatch):
+    code, err = cli("collect", [*argv, "--data-dir", str(tmp_path)], capsys, monkeypatch)
+    assert_one_line(code, err, *names)
     assert os.listdir(tmp_path) == []
