@@ -3,10 +3,11 @@
 It writes a scripted Lift file with collect.py into a temporary $ROBOMIMIC_DATA_DIR (or uses the one already in
 $ROBOMIMIC_DATA_DIR with --env-id), then evaluates a uniform random policy, which never lifts the cube, so every
 episode runs to the task's limit (Lift: 300 steps), the slowest case. It prints one markdown table (episodes, env
-steps, seconds to build the envs, seconds in all, env steps per second, episodes per minute) with the machine and
-its load average, and writes it to --out.
+steps, seconds to build the envs, seconds in all, env steps per second, episodes per minute, and the same per CPU
+second of this process, which a loaded machine does not change much) with the machine and its load average, and
+writes it to --out.
 
-    python benchmarks/robomimic_eval.py --episodes 10 --out results/robomimic/eval_speed.md
+    python benchmarks/robomimic_eval.py --episodes 5 --out results/robomimic/eval_speed.md
 """
 import argparse
 import os
@@ -51,16 +52,18 @@ def main() -> None:
         built = time.perf_counter() - start
         for env in envs:
             env.close()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = common.evaluate(policy, task, n, seed=0)
-        total = time.perf_counter() - start
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu
         steps = n * out["episodic_length"]
-        rows.append(f"| {n} | {steps:.0f} | {built:.1f} | {total:.1f} | {steps / total:.1f} | {60 * n / total:.2f} |")
+        rows.append(f"| {n} | {steps:.0f} | {built:.1f} | {total:.1f} | {steps / total:.1f} | {60 * n / total:.2f} "
+                    f"| {cpu:.1f} | {60 * n / cpu:.2f} |")
     lines = [f"Evaluation speed, {env_id}, uniform random policy (every episode runs to the limit of "
              f"{task.max_episode_steps} steps), one process",
              "",
-             "| episodes | env steps | s to build the envs | s in all (build + run) | env steps/s | episodes/min |",
-             "|---|---|---|---|---|---|", *rows, "",
+             "| episodes | env steps | s to build the envs | s in all (build + run) | env steps/s | episodes/min "
+             "| CPU s of this process | episodes per CPU minute |",
+             "|---|---|---|---|---|---|---|---|", *rows, "",
              f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; load average before: "
              + ", ".join(f"{x:.2f}" for x in load) + "; after: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()),
              "Command: python benchmarks/robomimic_eval.py " + " ".join(sys.argv[1:])]
