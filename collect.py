@@ -28,6 +28,7 @@ Examples:
     python collect.py cube-double-noisy-v0 --num-episodes 10 --data-dir /tmp/og
     python collect.py cube-single-play-v0 --p-random-action 0.3   # random-action corruption
     python collect.py visual-cube-single-play-v0              # 64x64 frames (MUJOCO_GL=egl), docs/visual.md
+    python collect.py lift-ph-low_dim --num-episodes 20          # Robomimic Lift, scripted (collect_robomimic.py)
 
 Deviations from the official scripts:
   * Seeding: the official scripts never seed. Here episode i seeds `np.random` (oracles, noise,
@@ -60,7 +61,7 @@ import tyro
 MANIP_ENVS = ("cube-single", "cube-double", "cube-triple", "scene", "puzzle-3x3", "puzzle-4x4")
 MAZE_ENVS = ("pointmaze-medium", "pointmaze-large", "pointmaze-giant")
 SUPPORTED = ("[visual-]{cube-single,cube-double,cube-triple,scene,puzzle-3x3,puzzle-4x4}-{play,noisy}-v0 "
-             "and pointmaze-{medium,large,giant}-{navigate,stitch}-v0")
+             "and pointmaze-{medium,large,giant}-{navigate,stitch}-v0; lift-ph-low_dim (Robomimic, scripted)")
 P_STACK = {"cube-single": 0.0, "cube-double": (0.0, 0.25), "cube-triple": (0.05, 0.35)}  # per episode
 DTYPES = dict(observations=np.float32, actions=np.float32, terminals=bool,
               qpos=np.float32, qvel=np.float32, button_states=np.int64)
@@ -86,7 +87,8 @@ class Args:
     workers: int = min(2, os.cpu_count() or 1)
     """Worker processes (the output does not depend on it)."""
     data_dir: Optional[str] = None
-    """Output folder. Default: loaders.ogbench_data_dir() ($OGBENCH_DATA_DIR or ~/.ogbench/data)."""
+    """Output folder. Default: loaders.ogbench_data_dir() ($OGBENCH_DATA_DIR or ~/.ogbench/data); Robomimic:
+    loaders.robomimic_data_dir() ($ROBOMIMIC_DATA_DIR or ~/.robomimic)."""
 
 
 # Allowed range of every numeric flag (interval notation), checked by plumbing.check_args before any work starts.
@@ -329,9 +331,14 @@ def run_workers(cfg, total, n_workers, tmp, tick):
 
 
 def main(args: Args) -> dict:
-    """Generate the dataset; returns {'train': path, 'val': path}."""
+    """Generate the dataset; returns {'train': path, 'val': path} (Robomimic: {'train': path})."""
     from tqdm import tqdm
     import loaders
+    if loaders.ROBOMIMIC_ID.match(args.dataset):  # a small scripted Robomimic file: collect_robomimic.py
+        import collect_robomimic
+        import plumbing
+        plumbing.check_args(args, LIMITS)
+        return {"train": collect_robomimic.collect(args)}
     cfg = make_config(args)
     n, total = cfg["num_episodes"], cfg["num_episodes"] + cfg["num_val_episodes"]
     stamp = np.asarray(hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16])  # the pair's id

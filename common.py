@@ -16,14 +16,16 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from loaders import ACTION_CLIP, D4RL_ALIASES, FAMILIES, KEYS, UsageError, minari_task, ogbench_task
+from loaders import (ACTION_CLIP, D4RL_ALIASES, FAMILIES, KEYS, ROBOMIMIC_ID, UsageError, minari_task, ogbench_task,
+                     robomimic_task)
 
 
 def default_offline_steps(env_id: str) -> int:
-    """The papers' budgets: 1M gradient steps on OGBench, 500K on D4RL/Minari (FQL README), 5K on the toy bandit."""
+    """The papers' budgets: 1M gradient steps on OGBench and Robomimic (FQL README, DFP Tab. 5), 500K on D4RL/Minari,
+    5K on the toy bandit."""
     if BANDIT_ID.match(env_id):
         return 5_000
-    return 1_000_000 if "singletask" in env_id else 500_000
+    return 1_000_000 if "singletask" in env_id or ROBOMIMIC_ID.match(env_id) else 500_000
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -129,7 +131,7 @@ class Task:
 
 
 def load_task(env_id: str, device: torch.device, extra_capacity: int = 0) -> Task:
-    """Dispatches on the id: bandit, OGBench single-task, a D4RL alias, or a Minari dataset id.
+    """Dispatches on the id: bandit, OGBench single-task, Robomimic low-dim, a D4RL alias, or a Minari dataset id.
     `extra_capacity` leaves room in the training set for that many online transitions (`Dataset.add`)."""
     task = _load_task(env_id, device)
     if extra_capacity:
@@ -148,6 +150,8 @@ def _load_task(env_id: str, device: torch.device) -> Task:
         env_id = D4RL_ALIASES[env_id]
     if "singletask" in env_id:
         parts = ogbench_task(env_id)
+    elif ROBOMIMIC_ID.match(env_id):
+        parts = robomimic_task(env_id)
     elif env_id.count("/") >= 1:
         parts = minari_task(env_id)
     else:
@@ -206,7 +210,8 @@ def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], task: Task, num_epi
              png_path: Optional[str] = None) -> dict:
     """Runs `num_episodes` episodes side by side in a vector env, one policy call per step on the whole batch.
 
-    OGBench: success = the final step's info['success'] (FQL's protocol). Minari: episodic return and, where the
+    OGBench: success = the final step's info['success'] (FQL's protocol); Robomimic likewise, where a positive reward
+    is success and ends the episode (DFP's wrapper). Minari: episodic return and, where the
     task defines one, the normalised score x100. The bandit evaluates 1,000 samples at s = 0 instead.
     """
     device = task.train.observations.device

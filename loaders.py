@@ -7,9 +7,12 @@ bottom of the house.
 A method reader needs only that contract. This file follows the official FQL code (seohongpark/fql,
 `envs/env_utils.py`, `envs/ogbench_utils.py`) and OGBench (`ogbench/utils.py`); the Minari side reproduces the D4RL
 processing FQL applies (the README's "Data protocol" lists where Minari differs from D4RL). New loaders (sharded
-OGBench files, Robomimic, pixels) go here, each a function `<name>_task(env_id) -> dict`.
+OGBench files, Robomimic, pixels) go here, each a function `<name>_task(env_id) -> dict`. `robomimic_task` follows
+KAIST-Visual-AI-Group/DFP `envs/robomimic_utils.py` (the same file as ColinQiyangLi/qc's, plus robosuite 1.5's
+controller conversion) and the reward shift of its `main.py`.
 """
 import difflib
+import json
 import os
 import re
 import zipfile
@@ -39,6 +42,7 @@ ADROIT_HORIZON = {"pen": 100, "door": 200, "hammer": 200, "relocate": 200}  # D4
 ADROIT_REF = {"pen": (96.262799, 3076.8331017826877), "door": (-56.512833, 2880.5693087298737),  # d4rl/infos.py
               "hammer": (-274.856578, 12794.134825156867), "relocate": (-6.425911, 4233.877797728884)}
 FAMILIES = ("OGBench '<env>-<dataset>-singletask[-taskN]-v0', Minari 'D4RL/...' or 'mujoco/...', "
+            "Robomimic '<task>-<mh|ph|mg>-low_dim', "
             f"a D4RL alias ({', '.join(list(D4RL_ALIASES)[:3])}, ...), or 'bandit-4gaussian[-rot1|2|3]'")
 
 
@@ -204,3 +208,134 @@ def minari_task(dataset_id: str) -> dict:
     finite(data, f"Minari dataset {dataset_id}", "download it again (`minari download`)")
     return dict(train=data, make_env=make_env, score=score, max_episode_steps=steps,
                 online_reward_shift=-1.0 if antmaze else 0.0)
+
+
+# Robomimic low-dim datasets (robomimic v0.1 datasets re-released for robosuite 1.5, files *_v15.hdf5): the episode
+# limit of each task (DFP/QC `_get_max_episode_length`), the dataset types released for it, and the observation keys
+# the official loader concatenates, in order.
+ROBOMIMIC_STEPS = {"lift": 300, "can": 300, "square": 400, "transport": 800, "tool_hang": 1000}
+ROBOMIMIC_TYPES = {"ph": tuple(ROBOMIMIC_STEPS), "mh": ("lift", "can", "square", "transport"), "mg": ("lift", "can")}
+ROBOMIMIC_OBS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")
+ROBOMIMIC_ID = re.compile(r"^([a-z_]+)-([a-z]+)-low_dim$")
+ROBOMIMIC_URL = "https://huggingface.co/datasets/amandlek/robomimic/resolve/main/v1.5"
+
+
+def robomimic_data_dir() -> str:
+    """Folder that holds `<task>/<type>/low_dim_v15.hdf5`: $ROBOMIMIC_DATA_DIR, else robomimic's ~/.robomimic."""
+    return os.path.expanduser(os.environ.get("ROBOMIMIC_DATA_DIR", "~/.robomimic"))
+
+
+def robomimic_path(env_id: str) -> str:
+    """The file of '<task>-<type>-low_dim' (type mg: the sparse-reward file); an unknown task or type lists the ids."""
+    m = ROBOMIMIC_ID.match(env_id)
+    task, kind = m.groups() if m else ("", "")
+    if task not in ROBOMIMIC_TYPES.get(kind, ()):
+        valid = [f"{t}-{k}-low_dim" for k, ts in ROBOMIMIC_TYPES.items() for t in ts]
+        raise UsageError(f"--env-id {env_id}: no such Robomimic task and dataset type; valid ids: {', '.join(valid)}")
+    name = "low_dim_sparse_v15.hdf5" if kind == "mg" else "low_dim_v15.hdf5"
+    return os.path.join(robomimic_data_dir(), task, kind, name)
+
+
+def robomimic_task(env_id: str) -> dict:
+    import h5py
+
+    path = robomimic_path(env_id)
+    task, kind = env_id.split("-")[:2]
+    if not os.path.exists(path):
+        raise UsageError(f"Robomimic dataset {path} is missing; download it with `wget -P {os.path.dirname(path)} "
+                         f"{ROBOMIMIC_URL}/{task}/{kind}/{os.path.basename(path)}` (or robomimic's "
+                         "scripts/download_datasets.py, docs/robomimic.md); `python collect.py lift-ph-low_dim` "
+                         "writes a small scripted Lift file there instead")
+    fix = "download it again (docs/robomimic.md)"
+    cols = {k: [] for k in KEYS}
+    try:
+        with h5py.File(path, "r") as f:
+            if "data" not in f or "env_args" not in f["data"].attrs:
+                raise UsageError(f"{path} has no data/env_args (the environment metadata): it is not a robomimic "
+                                 f"dataset; {fix}")
+            env_meta = json.loads(f["data"].attrs["env_args"])
+            demos = sorted(f["data"], key=lambda d: int(d.split("_")[-1]))  # demo_0, demo_1, ... by number
+            for d in demos:
+                g = f["data"][d]
+                need = [f"{o}/{k}" for o in ("obs", "next_obs") for k in ROBOMIMIC_OBS] + ["actions", "rewards",
+                                                                                             "dones"]
+                lacking = [k for k in need if k not in g]
+                if lacking:
+                    raise UsageError(f"{path}: data/{d} has no {lacking[0]} (a low-dim file holds obs and next_obs "
+                                     f"{', '.join(ROBOMIMIC_OBS)}, actions, rewards, dones); {fix}")
+                obs, next_obs = (np.concatenate([g[o][k][()] for k in ROBOMIMIC_OBS], -1) for o in ("obs", "next_obs"))
+                done = g["dones"][()].astype(np.float32)
+                ends = done.copy()
+                ends[-1] = 1.0  # the released files (done_mode 2) have it already
+                rows = (obs, g["actions"][()], g["rewards"][()] - 1.0, next_obs, 1.0 - done, ends)  # main.py: r - 1
+                for k, v in zip(KEYS, rows):
+                    cols[k].append(np.asarray(v, dtype=np.float32))
+    except (OSError, KeyError, ValueError) as e:
+        if isinstance(e, UsageError):
+            raise
+        raise UsageError(f"{path} cannot be read ({type(e).__name__}: {e}); {fix}") from None
+    if not demos:
+        raise UsageError(f"{path} holds no demonstrations; {fix}")
+    data = {k: np.concatenate(v) for k, v in cols.items()}
+    data["actions"] = np.clip(data["actions"], -ACTION_CLIP, ACTION_CLIP)
+    finite(data, path, fix)
+    steps = ROBOMIMIC_STEPS[task]
+    return dict(train=data, make_env=lambda: RobomimicEnv(env_meta, steps), max_episode_steps=steps,
+                online_reward_shift=-1.0)
+
+
+class RobomimicEnv(gym.Env):
+    """The official RobomimicLowdimWrapper over the env that robomimic's `EnvUtils.create_env_from_metadata` builds:
+    robosuite.make(env_name, **env_kwargs) with rendering and cameras off, object observations on and `ignore_done`
+    (robosuite never ends an episode). The observation is the concatenation of ROBOMIMIC_OBS; a positive (sparse)
+    reward is success and ends the episode; `max_steps` truncates it. `reset(seed=s)` seeds this env's stream of initial
+    placements (the official wrapper seeds numpy's global generator once, at construction)."""
+
+    def __init__(self, env_meta: dict, max_steps: int):
+        import robosuite
+        from robosuite.controllers.composite.composite_controller_factory import \
+            refactor_composite_controller_config
+
+        kwargs = dict(env_meta["env_kwargs"])
+        if "controller_configs" in kwargs:  # robosuite <= 1.4 controller format -> 1.5 composite (as DFP does)
+            kwargs["controller_configs"] = refactor_composite_controller_config(
+                kwargs["controller_configs"], robot_type="Panda", arms=["right"])
+        kwargs.update(has_renderer=False, has_offscreen_renderer=False, ignore_done=True, use_object_obs=True,
+                      use_camera_obs=False, camera_depths=False)
+        outer = np.random.get_state()  # building places the objects once too: numpy's generator is given back
+        try:
+            self.env = robosuite.make(env_meta["env_name"], **kwargs)
+        finally:
+            np.random.set_state(outer)
+        self.max_steps, self.t, self.placement = max_steps, 0, None
+        self.action_space = gym.spaces.Box(-1.0, 1.0, self.env.action_spec[0].shape, np.float64)
+        dim = len(self._obs(self.env._get_observations(force_update=True)))
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float64)
+
+    @staticmethod
+    def _obs(raw: dict) -> np.ndarray:
+        return np.concatenate([raw["object-state" if k == "object" else k] for k in ROBOMIMIC_OBS])
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None or self.placement is None:  # official: np.random.seed(seed), once per env
+            self.placement = np.random.RandomState(seed).get_state()
+        outer = np.random.get_state()  # robosuite places objects with numpy's global generator: lend it this env's
+        np.random.set_state(self.placement)
+        try:
+            raw = self.env.reset()
+        finally:
+            self.placement = np.random.get_state()
+            np.random.set_state(outer)
+        self.t = 0
+        return self._obs(raw), {}
+
+    def step(self, action):
+        raw, reward, _, info = self.env.step(action)
+        self.t += 1
+        success = reward > 0
+        info = {**info, "success": float(success)}
+        return self._obs(raw), float(reward), bool(success), bool(not success and self.t >= self.max_steps), info
+
+    def close(self):
+        self.env.close()
