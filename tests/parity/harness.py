@@ -165,18 +165,30 @@ class Noise:
         self._done("ours")
 
     @contextlib.contextmanager
-    def jax_side(self):
+    def jax_side(self, values: dict):
+        """While the official update is traced: jax.random.normal/uniform return the next array of `theirs` (from
+        `values`, name -> the traced array), any other jax.random sampler raises."""
         import jax
-        import jax.numpy as jnp
         names = ("normal", "uniform", "randint", "bernoulli", "choice", "permutation", "truncated_normal",
                  "categorical", "gumbel", "beta", "exponential", "laplace", "logistic", "gamma")
         orig = {n: getattr(jax.random, n) for n in names}
+        queue = list(self.order["theirs"])
+
+        def draw(kind, shape, dtype):
+            if not queue:
+                raise NoiseError(f"theirs: an extra {kind} draw of shape {tuple(shape)} beyond the pre-drawn noise")
+            name = queue.pop(0)
+            k, a = self.arrays[name]
+            if k != kind or tuple(a.shape) != tuple(shape):
+                raise NoiseError(f"theirs: draw '{name}' expected {k} {tuple(a.shape)}, got {kind} {tuple(shape)} "
+                                 "(the draw order or a shape changed)")
+            return values[name] if dtype is None else values[name].astype(dtype)
 
         def normal(key, shape=(), dtype=None, *a, **k):
-            return jnp.asarray(self._next("theirs", "normal", shape), dtype=dtype or jnp.asarray(1.0).dtype)
+            return draw("normal", shape, dtype)
 
         def uniform(key, shape=(), dtype=None, minval=0.0, maxval=1.0, *a, **k):
-            u = jnp.asarray(self._next("theirs", "uniform", shape), dtype=dtype or jnp.asarray(1.0).dtype)
+            u = draw("uniform", shape, dtype)
             return u if (minval, maxval) == (0.0, 1.0) else minval + (maxval - minval) * u
 
         def unfed(name):
@@ -188,12 +200,49 @@ class Noise:
         try:
             for n, f in patch.items():
                 setattr(jax.random, n, f)
-            with jax.disable_jit():  # a jitted trace would bake one step's arrays in as constants
-                yield
+            yield
         finally:
             for n, f in orig.items():
                 setattr(jax.random, n, f)
-        self._done("theirs")
+        if queue:
+            raise NoiseError(f"theirs: pre-drawn noise not used: {queue}")
+
+
+class Official:
+    """The official `agent.update` as one jax.jit program whose noise and gradient are inputs and outputs: traced
+    once (the agent's own jitted methods inlined, jax.random fed from the noise arguments, the gradient caught where
+    TrainState applies it), then run for every step. A new trace (other shapes) checks the draws again."""
+
+    def __init__(self, agent):
+        import jax
+        self.cls, self.state_cls = type(agent), type(agent.network)
+        self.jitted = {n: f for n, f in vars(self.cls).items() if hasattr(f, "__wrapped__")}
+        self.noise = None
+        self.fn = jax.jit(self._traced)
+
+    def _traced(self, agent, batch, values):
+        caught, apply = {}, self.state_cls.apply_gradients
+
+        def catching(state, grads, **kw):
+            caught["grads"] = grads
+            return apply(state, grads=grads, **kw)
+        try:
+            self.state_cls.apply_gradients = catching
+            for n, f in self.jitted.items():
+                setattr(self.cls, n, f.__wrapped__)
+            with self.noise.jax_side(values):
+                agent, info = agent.update(batch)
+        finally:
+            self.state_cls.apply_gradients = apply
+            for n, f in self.jitted.items():
+                setattr(self.cls, n, f)
+        return agent, info, caught["grads"]
+
+    def update(self, agent, batch: dict, noise: Noise):
+        """(new agent, info, gradient) of one official update on `batch` with the pre-drawn `noise`."""
+        self.noise = noise
+        values = {n: a for n, (k, a) in noise.arrays.items()}
+        return self.fn(agent, batch, values)
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -242,6 +291,13 @@ class Checks:
             self.worst[group] = (err, where)
 
 
+def create_agent(cls, cfg, ex_observations, ex_actions, seed=0):
+    """`cls.create(seed, ex_observations, ex_actions, cfg)` compiled as one program (eager flax init compiles every
+    operation on its own, which takes a minute); the same parameters."""
+    import jax
+    return jax.jit(lambda o, a: cls.create(seed, o, a, cfg))(ex_observations, ex_actions)
+
+
 def cast_agent(agent, dtype: torch.dtype):
     """The official agent with its parameters (targets included) in `dtype` and a fresh optimizer state for them;
     flax creates float32 parameters even under x64."""
@@ -265,23 +321,12 @@ def run_updates(report, *, script, agent, nets, opt, args, entries, frozen, metr
     make_batch(step) -> dict of numpy arrays; make_noise(step) -> Noise."""
     from mapping import flatten, torch_view
     tol = TOL[dtype]
-    flax_state = type(agent.network)
+    official = Official(agent)
     for step in range(1, steps + 1):
         batch = make_batch(step)
         noise = make_noise(step)
-        # theirs: the official update, its gradient caught where TrainState applies it
-        caught = {}
-        apply = flax_state.apply_gradients
-
-        def catching(self, grads, **kw):
-            caught["grads"] = grads
-            return apply(self, grads=grads, **kw)
-        flax_state.apply_gradients = catching
-        try:
-            with noise.jax_side():
-                agent, info = agent.update({k: np.asarray(v) for k, v in batch.items()})
-        finally:
-            flax_state.apply_gradients = apply
+        # theirs: the official update (one jitted program, see Official)
+        agent, info, their_grads = official.update(agent, {k: np.asarray(v) for k, v in batch.items()}, noise)
         # ours: our update as written, its gradient caught just before the optimizer step
         grads, step_fn = {}, opt.step
 
@@ -298,7 +343,7 @@ def run_updates(report, *, script, agent, nets, opt, args, entries, frozen, metr
         checks = Checks()
         for ours_key, their_key in metrics:
             checks.add("metrics", f"metric {ours_key}", rel_err(out[ours_key].numpy(), np.asarray(info[their_key])))
-        their_grads, their_params = flatten(caught["grads"]), flatten(agent.network.params)
+        their_grads, their_params = flatten(their_grads), flatten(agent.network.params)
         our_grads = torch_view(entries, {n: g for n, g in grads.items() if g is not None})
         our_params = torch_view(entries, dict(nets.named_parameters()))
         for path, g in their_grads.items():

@@ -58,7 +58,7 @@ def test_fql_parity(config, dtype):
         cfg = mod.get_config()
         cfg.update(dict(actor_hidden_dims=HID, value_hidden_dims=HID, batch_size=B, **theirs))
         f = harness.np_dtype(dtype)
-        agent = mod.FQLAgent.create(0, np.zeros((1, OBS), f), np.zeros((1, ACT), f), cfg)
+        agent = harness.create_agent(mod.FQLAgent, cfg, np.zeros((1, OBS), f), np.zeros((1, ACT), f))
         agent = harness.cast_agent(agent, dtype)
         args = fql.Args(actor_hidden_dims=HID, value_hidden_dims=HID, batch_size=B, device="cpu", **ours)
         nets = fql.make_nets(args, OBS, ACT).to(dtype)
