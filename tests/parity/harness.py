@@ -85,17 +85,20 @@ def load_agent(path: str, name: str, extra_paths=()):
 # ---------------------------------------------------------------------------------------------------- precision
 @contextlib.contextmanager
 def precision(dtype: torch.dtype):
-    """float64: jax x64 on, and our modules' `.float()` (a bf16 -> fp32 cast that would round a double) leaves
-    float64 tensors alone. float32: both sides exactly as written."""
+    """float64: jax x64 on; torch's default dtype float64 (for torch.randn(...) without a dtype), and our modules'
+    `.float()` (a bf16 -> fp32 cast that would round a double) leaves float64 tensors alone.
+    float32: both sides exactly as written."""
     import jax
-    old_x64, old_float = jax.config.jax_enable_x64, torch.Tensor.float
+    old_x64, old_float, old_default = jax.config.jax_enable_x64, torch.Tensor.float, torch.get_default_dtype()
     jax.config.update("jax_enable_x64", dtype == torch.float64)
+    torch.set_default_dtype(dtype)
     if dtype == torch.float64:
         torch.Tensor.float = lambda self, *a, **k: self if self.dtype == torch.float64 else old_float(self, *a, **k)
     try:
         yield
     finally:
         torch.Tensor.float = old_float
+        torch.set_default_dtype(old_default)
         jax.config.update("jax_enable_x64", old_x64)
 
 
@@ -242,6 +245,10 @@ class Official:
         """(new agent, info, gradient) of one official update on `batch` with the pre-drawn `noise`."""
         self.noise = noise
         values = {n: a for n, (k, a) in noise.arrays.items()}
+        if os.environ.get("PARITY_EAGER"):
+            import jax
+            with jax.disable_jit():
+                return self._traced(agent, batch, values)
         return self.fn(agent, batch, values)
 
 
@@ -289,6 +296,27 @@ class Checks:
     def add(self, group: str, where: str, err: float):
         if group not in self.worst or not err <= self.worst[group][0]:
             self.worst[group] = (err, where)
+
+
+def transitions(b: int, obs_dim: int, act_dim: int, dtype: torch.dtype, seed: int = 0, repeat_states: int = 1):
+    """make(step) -> a batch of random transitions (numpy): N(0, 1) observations, actions on (-1, 1), N(0, 1)
+    rewards, masks 0 with probability 0.2. repeat_states > 1: each observation appears that many times in a row."""
+    rng, f = np.random.default_rng(seed), np_dtype(dtype)
+
+    def make(step):
+        obs = np.repeat(rng.standard_normal((b // repeat_states, obs_dim)), repeat_states, 0)
+        return dict(observations=obs.astype(f), actions=rng.uniform(-1, 1, (b, act_dim)).astype(f),
+                    next_observations=rng.standard_normal((b, obs_dim)).astype(f),
+                    rewards=rng.standard_normal(b).astype(f), masks=(rng.random(b) < 0.8).astype(f))
+    return make
+
+
+def normal(rng, shape, dtype):
+    return "normal", rng.standard_normal(shape).astype(np_dtype(dtype))
+
+
+def uniform(rng, shape, dtype):
+    return "uniform", rng.random(shape).astype(np_dtype(dtype))
 
 
 def create_agent(cls, cfg, ex_observations, ex_actions, seed=0):

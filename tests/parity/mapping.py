@@ -69,6 +69,13 @@ def fql(nets) -> list:
             + mlp("modules_actor_onestep_flow/mlp", "actor_onestep_flow.net", nets["actor_onestep_flow"].net))
 
 
+def driftql(nets) -> list:
+    """driftql.py: the generator is the official `actor_bc_drift` (an ActorVectorField without time input)."""
+    return (critic("modules_critic/value_net", "critic", nets["critic"])
+            + critic("modules_target_critic/value_net", "target_critic", nets["target_critic"])
+            + mlp("modules_actor_bc_drift/mlp", "actor_bc_drift.net", nets["actor_bc_drift"].net))
+
+
 # ---------------------------------------------------------------------------------------------------- use
 def check_complete(entries: list, flax_params, nets: nn.Module):
     """Every flax leaf and every torch parameter appears in exactly one entry, with the same number of values."""

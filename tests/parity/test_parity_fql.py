@@ -21,25 +21,12 @@ METRICS = [("critic_loss", "critic/critic_loss"), ("q_mean", "critic/q_mean"), (
            ("mse", "actor/mse")]
 
 
-def batch_maker(dtype, seed=0):
-    rng, f = np.random.default_rng(seed), harness.np_dtype(dtype)
-
-    def make(step):
-        return dict(observations=rng.standard_normal((B, OBS)).astype(f),
-                    actions=rng.uniform(-1, 1, (B, ACT)).astype(f),
-                    next_observations=rng.standard_normal((B, OBS)).astype(f),
-                    rewards=rng.standard_normal(B).astype(f), masks=(rng.random(B) < 0.8).astype(f))
-    return make
-
-
 def noise_maker(dtype, seed=1):
-    rng, f = np.random.default_rng(seed), harness.np_dtype(dtype)
+    rng = np.random.default_rng(seed)
 
     def make(step):
-        arrays = dict(next=("normal", rng.standard_normal((B, ACT)).astype(f)),
-                      x0=("normal", rng.standard_normal((B, ACT)).astype(f)),
-                      t=("uniform", rng.random((B, 1)).astype(f)),
-                      z=("normal", rng.standard_normal((B, ACT)).astype(f)))
+        arrays = dict(next=harness.normal(rng, (B, ACT), dtype), x0=harness.normal(rng, (B, ACT), dtype),
+                      t=harness.uniform(rng, (B, 1), dtype), z=harness.normal(rng, (B, ACT), dtype))
         # the official `mse` diagnostic samples the one-step policy with fresh noise; ours reuses the distillation
         # noise z: feeding it z again makes the two the same quantity
         return harness.Noise(arrays, ours=["next", "x0", "t", "z"], theirs=["next", "x0", "t", "z", "z"])
@@ -67,6 +54,6 @@ def test_fql_parity(config, dtype):
         mapping.load(entries, agent.network.params, nets)
         opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr)
         harness.run_updates(report, script=fql, agent=agent, nets=nets, opt=opt, args=args, entries=entries,
-                            frozen={"modules_target_critic"}, metrics=METRICS, make_batch=batch_maker(dtype),
+                            frozen={"modules_target_critic"}, metrics=METRICS, make_batch=harness.transitions(B, OBS, ACT, dtype),
                             make_noise=noise_maker(dtype), dtype=dtype)
     report.assert_ok()
