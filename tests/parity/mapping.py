@@ -76,6 +76,15 @@ def driftql(nets) -> list:
             + mlp("modules_actor_bc_drift/mlp", "actor_bc_drift.net", nets["actor_bc_drift"].net))
 
 
+def deflow(nets) -> list:
+    """deflow.py: BC flow, refinement (an ActorVectorField without time input), the scalar log alpha."""
+    return (critic("modules_critic/value_net", "critic", nets["critic"])
+            + critic("modules_target_critic/value_net", "target_critic", nets["target_critic"])
+            + mlp("modules_actor_bc_flow/mlp", "actor_bc_flow.net", nets["actor_bc_flow"].net)
+            + mlp("modules_refine_onestep_flow/mlp", "refine_onestep_flow.net", nets["refine_onestep_flow"].net)
+            + [Entry("modules_log_alpha/value", "log_alpha.value", "same")])
+
+
 # ---------------------------------------------------------------------------------------------------- use
 def check_complete(entries: list, flax_params, nets: nn.Module):
     """Every flax leaf and every torch parameter appears in exactly one entry, with the same number of values."""
