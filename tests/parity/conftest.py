@@ -1,4 +1,5 @@
-"""Parity suite (tests/parity): prints the per-check lines collected by harness.Report and PASS/FAIL per script."""
+"""Parity suite (tests/parity): prints the per-check lines collected by harness.Report and PASS/FAIL per script;
+with PARITY_REPORT=<file> also writes them there (results/parity/report.txt is made this way, docs/parity.md)."""
 import os
 import sys
 
@@ -15,6 +16,9 @@ def pytest_terminal_summary(terminalreporter):
     for _, text, _ in Report.lines:
         tr.write_line(text)
     scripts = dict.fromkeys(s for s, _, _ in Report.lines)
-    for s in scripts:
-        ok = all(o for t, _, o in Report.lines if t == s)
-        tr.write_line(f"{s}: {'PASS' if ok else 'FAIL'}")
+    verdicts = [f"{s}: {'PASS' if all(o for t, _, o in Report.lines if t == s) else 'FAIL'}" for s in scripts]
+    for v in verdicts:
+        tr.write_line(v)
+    if os.environ.get("PARITY_REPORT"):
+        with open(os.environ["PARITY_REPORT"], "w") as f:
+            f.write("\n".join([text for _, text, _ in Report.lines] + verdicts) + "\n")

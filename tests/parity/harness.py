@@ -29,9 +29,9 @@ REPOS = dict(  # env var -> (repository, commit our script follows)
     OFFICIAL_FQL=("github.com/seohongpark/fql", "719d044"),
     OFFICIAL_DRIFTQL=("github.com/DT6A/driftql", "2da54d1"),
     OFFICIAL_DEFLOW=("github.com/muzhancun/DeFlow", "d81dd59"),
-    OFFICIAL_QC=("github.com/ColinQiyangLi/qc", "see fql.py"),
+    OFFICIAL_QC=("github.com/ColinQiyangLi/qc", "48283b4"),
     OFFICIAL_QAM=("github.com/ColinQiyangLi/qam", "f93efd2"),
-    OFFICIAL_DFP=("github.com/DT6A/dfp", "babc3da"),
+    OFFICIAL_DFP=("github.com/KAIST-Visual-AI-Group/DFP", "babc3da"),
 )
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}  # worst relative error allowed per tensor (see docs/parity.md)
 
@@ -117,9 +117,12 @@ class Noise:
     an array for a draw the other side does not make). Every draw on a side must be the next name of its list with
     the same kind and shape, every name of both lists must be drawn, and any other random call raises."""
 
-    def __init__(self, arrays: dict, ours: list, theirs: list):
+    def __init__(self, arrays: dict, ours: list, theirs: list, our_shapes: dict = None):
+        """our_shapes: {name: shape} where our draw has another shape of the same values in the same (row-major)
+        order, e.g. [B*N, D] for the official [B, N, D]; checked like any other shape."""
         assert set(ours) == set(theirs) == set(arrays), (sorted(arrays), ours, theirs)
         self.arrays, self.order = arrays, dict(ours=list(ours), theirs=list(theirs))
+        self.our_shapes = our_shapes or {}
 
     def _next(self, side, kind, shape):
         queue = self.order[side]
@@ -127,10 +130,11 @@ class Noise:
             raise NoiseError(f"{side}: an extra {kind} draw of shape {tuple(shape)} beyond the pre-drawn noise")
         name = queue.pop(0)
         k, a = self.arrays[name]
-        if k != kind or tuple(a.shape) != tuple(shape):
-            raise NoiseError(f"{side}: draw '{name}' expected {k} {tuple(a.shape)}, got {kind} {tuple(shape)} "
+        want = tuple(self.our_shapes.get(name, a.shape)) if side == "ours" else tuple(a.shape)
+        if k != kind or want != tuple(shape):
+            raise NoiseError(f"{side}: draw '{name}' expected {k} {want}, got {kind} {tuple(shape)} "
                              "(the draw order or a shape changed)")
-        return a
+        return a.reshape(want)
 
     def _done(self, side):
         if self.order[side]:
@@ -339,22 +343,25 @@ def cast_agent(agent, dtype: torch.dtype):
 
 # ---------------------------------------------------------------------------------------------------- one run
 def run_updates(report, *, script, agent, nets, opt, args, entries, frozen, metrics, make_batch, make_noise,
-                dtype, steps=3):
+                dtype, steps=3):  # noqa: C901
     """`steps` full updates of the official `agent` and of `script.update(nets, opt, batch, args)` from the same
     weights (the caller loaded them through mapping.load). After each update compares, per step:
       metrics   pairs (ours key, official info key) of shared losses and diagnostics;
       gradients of every entry of `entries` that is trained (official gradient of the `frozen` flax modules, i.e.
                 targets, EMA copies and untrained nets, must be exactly zero, and ours must have none);
       params    every parameter afterwards, `frozen` modules included.
-    make_batch(step) -> dict of numpy arrays; make_noise(step) -> Noise."""
+    make_batch(step) -> dict of numpy arrays, or (ours, theirs) where the layouts differ; make_noise(step) -> Noise.
+    Official modules that we do not build (no entry in `entries`) must be in `frozen`: their gradient is checked to
+    be zero and their parameters are not compared."""
     from mapping import flatten, torch_view
     tol = TOL[dtype]
     official = Official(agent)
     for step in range(1, steps + 1):
         batch = make_batch(step)
+        batch, their_batch = batch if isinstance(batch, tuple) else (batch, batch)
         noise = make_noise(step)
         # theirs: the official update (one jitted program, see Official)
-        agent, info, their_grads = official.update(agent, {k: np.asarray(v) for k, v in batch.items()}, noise)
+        agent, info, their_grads = official.update(agent, {k: np.asarray(v) for k, v in their_batch.items()}, noise)
         # ours: our update as written, its gradient caught just before the optimizer step
         grads, step_fn = {}, opt.step
 
@@ -385,6 +392,8 @@ def run_updates(report, *, script, agent, nets, opt, args, entries, frozen, metr
             if e.module in frozen and grads.get(e.torch_name) is not None:
                 checks.add("zero gradient (frozen/targets)", f"ours {e.torch_name} has a gradient", float("inf"))
         for path, p in their_params.items():
+            if path not in our_params and path.split("/")[0] in frozen:
+                continue  # an official module we do not build (its zero gradient is checked above)
             checks.add("params after", f"module {path}", rel_err(our_params[path], p))
         for group, (err, where) in checks.worst.items():
             report.check(f"step {step} {group}", err, 0.0 if group.startswith("zero") else tol, where)

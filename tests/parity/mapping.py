@@ -69,6 +69,17 @@ def fql(nets) -> list:
             + mlp("modules_actor_onestep_flow/mlp", "actor_onestep_flow.net", nets["actor_onestep_flow"].net))
 
 
+def acfql(nets) -> list:
+    """fql.py with --horizon (Q-chunking, ColinQiyangLi/qc agents/acfql.py): FQL's modules; best-of-n builds no
+    one-step actor (the official one is never trained)."""
+    out = (critic("modules_critic/value_net", "critic", nets["critic"])
+           + critic("modules_target_critic/value_net", "target_critic", nets["target_critic"])
+           + mlp("modules_actor_bc_flow/mlp", "actor_bc_flow.net", nets["actor_bc_flow"].net))
+    if "actor_onestep_flow" in nets:
+        out += mlp("modules_actor_onestep_flow/mlp", "actor_onestep_flow.net", nets["actor_onestep_flow"].net)
+    return out
+
+
 def driftql(nets) -> list:
     """driftql.py: the generator is the official `actor_bc_drift` (an ActorVectorField without time input)."""
     return (critic("modules_critic/value_net", "critic", nets["critic"])
@@ -86,9 +97,11 @@ def deflow(nets) -> list:
 
 
 # ---------------------------------------------------------------------------------------------------- use
-def check_complete(entries: list, flax_params, nets: nn.Module):
-    """Every flax leaf and every torch parameter appears in exactly one entry, with the same number of values."""
+def check_complete(entries: list, flax_params, nets: nn.Module, official_only=()):
+    """Every flax leaf and every torch parameter appears in exactly one entry, with the same number of values.
+    official_only: flax modules we do not build (e.g. acfql's untrained one-step actor under best-of-n)."""
     leaves, params = flatten(flax_params), dict(nets.named_parameters())
+    leaves = {p: v for p, v in leaves.items() if p.split("/")[0] not in official_only}
     paths, names = [e.path for e in entries], [e.torch_name for e in entries]
     assert len(set(paths)) == len(paths) and len(set(names)) == len(names), "an entry is listed twice"
     assert set(paths) == set(leaves), f"flax leaves not mapped: {sorted(set(leaves) - set(paths))}; " \
