@@ -16,7 +16,11 @@ def pytest_terminal_summary(terminalreporter):
     for _, text, _ in Report.lines:
         tr.write_line(text)
     scripts = dict.fromkeys(s for s, _, _ in Report.lines)
-    verdicts = [f"{s}: {'PASS' if all(o for t, _, o in Report.lines if t == s) else 'FAIL'}" for s in scripts]
+    table = ["worst relative error per configuration (all checks, all steps):"]
+    for (script, config, dtype), err in sorted(Report.worst.items(), key=lambda kv: list(scripts).index(kv[0][0])):
+        table.append(f"  {script:8s} {config:30s} {dtype:8s} {err:9.2e}")
+    verdicts = table + [f"{s}: {'PASS' if all(o for t, _, o in Report.lines if t == s) else 'FAIL'}"
+                        for s in scripts]
     for v in verdicts:
         tr.write_line(v)
     if os.environ.get("PARITY_REPORT"):

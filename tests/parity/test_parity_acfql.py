@@ -81,6 +81,6 @@ def test_acfql_parity(variant, dtype):
         dim = ACT * (H if chunking else 1)
         harness.run_updates(report, script=fql, agent=agent, nets=nets, opt=opt, args=args, entries=entries,
                             frozen={"modules_target_critic"} | official_only, metrics=METRICS,
-                            make_batch=chunk_batches(dtype), make_noise=noise_maker(dtype, dim, actor_type != "distill-ddpg"),
-                            dtype=dtype)
+                            make_batch=chunk_batches(dtype),
+                            make_noise=noise_maker(dtype, dim, actor_type != "distill-ddpg"), dtype=dtype)
     report.assert_ok()

@@ -54,6 +54,7 @@ def test_fql_parity(config, dtype):
         mapping.load(entries, agent.network.params, nets)
         opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr)
         harness.run_updates(report, script=fql, agent=agent, nets=nets, opt=opt, args=args, entries=entries,
-                            frozen={"modules_target_critic"}, metrics=METRICS, make_batch=harness.transitions(B, OBS, ACT, dtype),
+                            frozen={"modules_target_critic"}, metrics=METRICS,
+                            make_batch=harness.transitions(B, OBS, ACT, dtype),
                             make_noise=noise_maker(dtype), dtype=dtype)
     report.assert_ok()
