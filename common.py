@@ -82,7 +82,9 @@ class Dataset:
         Rewards, masks and the next observation stop at the end of the episode: steps after the first
         terminal are dropped from R = sum_j discount^j r_j, from the mask (min over steps) and from the choice of
         s'. `valid` is 0 when the chunk's actions run past the episode end; losses weight those samples out.
-        Returns observations [B, D], actions [B, h, A], rewards [B], masks [B], valid [B], next_observations [B, D].
+        `valid_steps` [B, h] is the same per step (the official per-step `valid`: no episode end before step j).
+        Returns observations [B, D], actions [B, h, A], rewards [B], masks [B], valid [B], valid_steps [B, h],
+        next_observations [B, D].
         """
         dev = self.observations.device
         start = torch.randint(self.size - horizon + 1, (batch_size,), device=dev)
@@ -98,6 +100,7 @@ class Dataset:
             "rewards": (self.rewards[idx] * w * powers).sum(1),
             "masks": torch.where(in_episode, self.masks[idx], torch.ones_like(w)).amin(1),
             "valid": in_episode.all(1).float(),
+            "valid_steps": w,
             "next_observations": self.next_observations[last],
         }
 

@@ -1,5 +1,7 @@
 """Flow Q-Learning (FQL): Park, Li, Levine, "Flow Q-Learning", ICML 2025, arXiv 2502.02538.
-Official code: github.com/seohongpark/fql (JAX), `agents/fql.py`, followed at commit 719d044.
+Official code: github.com/seohongpark/fql (JAX), `agents/fql.py`, followed at commit 719d044. With --horizon h > 1,
+the action-chunked agent of Q-chunking: Li, Zhou, Levine, "Reinforcement Learning with Action Chunking", NeurIPS 2025,
+arXiv 2507.07969; official code github.com/ColinQiyangLi/qc, `agents/acfql.py` and `main.py`, at commit 48283b4.
 
 Three networks, one Adam step on the summed loss:
     BC flow        v_theta(s, x_t, t):  L_flow    = mean (v_theta(s, (1-t) x0 + t a, t) - (a - x0))^2
@@ -8,6 +10,13 @@ Three networks, one Adam step on the summed loss:
     actor:  L_actor = L_flow + alpha * L_distill + L_q          (L_q / sg(mean|Q|) with --normalize-q-loss)
     critic: L_Q = mean_{j,B} (Q_j(s, a) - (r + discount * mask * agg_j Qbar_j(s', clip(mu_omega(s', z')))))^2
 The deployed policy is the one-step actor with fresh noise z ~ N(0, I) at every step.
+Q-chunking (--horizon h > 1, acfql): r becomes R = sum_{j<h} discount^j r_j, discount becomes discount^h, s' is the
+state after the chunk, and each sample's L_Q term is weighted by valid (0 when an episode ends inside the chunk,
+before its last step). With --action-chunking (QC-FQL) the three networks act on the flattened chunk a = [a_0..a_{h-1}]
+[B, h*A], L_flow weights each step's error by that step's validity, and the chunk is executed open-loop; without it
+(FQL-n) they act on a_0 alone: FQL with an h-step return. --actor-type best-of-n (BFN, QC-BFN) has no one-step actor:
+L_actor = L_flow, and both the policy and the TD target's a' take, of N clipped Euler_K samples of the BC flow, the one
+with the largest agg_j Q_j(s, .) of the online critic.
 
 Deviations from the official code:
   1. PyTorch instead of JAX; Xavier-uniform init, tanh-GELU and LayerNorm eps 1e-6 reproduce the flax defaults.
@@ -18,6 +27,11 @@ Deviations from the official code:
   5. Validation losses on the OGBench val split are not logged (the official code logs them every 5K steps).
   6. --online-steps runs the official main.py online loop through common.Collector; the training env's first reset
      is seeded from --seed (official: unseeded); collected episodes are logged as online/* (official: exploration/*).
+  7. Q-chunking (h > 1): defaults stay FQL's (h = 1, alpha 10, --start-training 0; qc's main.py: h = 5, alpha 100,
+     5K), so the papers' commands pass them. Chunk batches come uniformly from the whole replay (official), so
+     --balanced-sampling is refused with h > 1; acfql ignores normalize_q_loss, this file keeps FQL's. The
+     best-of-n agent allocates no one-step actor (acfql builds one and never trains it). The 100M-transition
+     cube-quadruple datasets (--ogbench_dataset_dir) are not supported.
 Speed flags (--compile, --precision bf16) are the same in all five scripts: README, "Benchmark". Under bf16
 this file keeps the losses, TD targets and LayerNorms in fp32.
 The full list, the commands for every task family and the logged metrics are in docs/fql.md.
@@ -25,6 +39,8 @@ The full list, the commands for every task family and the logged metrics are in 
     python fql.py --env-id bandit-4gaussian
     python fql.py --env-id cube-single-play-singletask-task2-v0 --alpha 300
     python fql.py --env-id antmaze-large-navigate-singletask-task1-v0 --alpha 10 --q-agg min
+    python fql.py --env-id cube-triple-play-singletask-task2-v0 --alpha 100 --horizon 5 --online-steps 1000000 \\
+        --start-training 5000
 """
 import copy
 from dataclasses import dataclass
@@ -108,6 +124,18 @@ class Args:
     """divide the Q loss by sg(mean |Q|) (official: False in every reported run)"""
     eval_bc_flow: bool = False
     """also evaluate the K-step BC flow on its own (the flow-BC baseline), logged as eval/bc_flow_*"""
+    # --- Q-chunking (acfql)
+    horizon: int = 1
+    """chunk length h: h-step return R + discount^h Q(s_h, .) (official --horizon_length: 5 in the Q-chunking and DFP
+    runs; 1 = plain FQL)"""
+    action_chunking: bool = True
+    """with h > 1, the actor, the BC flow and the critic act on the flattened chunk of h actions, executed open-loop
+    (QC-FQL, QC-BFN); --no-action-chunking: on its first action only (FQL-n, BFN-n) (official: True)"""
+    actor_type: Literal["distill-ddpg", "best-of-n"] = "distill-ddpg"
+    """distill-ddpg: FQL's one-step actor; best-of-n: no one-step actor, the best of --actor-num-samples BC flow samples
+    by the critic acts and backs up (BFN) (official: distill-ddpg)"""
+    actor_num_samples: int = 32
+    """N of best-of-n (official: 32; 4 in the BFN and BFN-n commands)"""
     # --- offline-to-online
     online_steps: int = 0
     """env steps of online fine-tuning after the offline phase, one update per step (official --online_steps; 1M in
@@ -122,7 +150,8 @@ class Args:
 
 # Allowed range of every numeric flag of this script (interval notation; the shared flags are in plumbing.py),
 # checked by plumbing.check_args before any work starts.
-LIMITS = dict(plumbing.TRAIN_LIMITS, alpha="[0, inf)", flow_steps="[1, inf)")
+LIMITS = dict(plumbing.TRAIN_LIMITS, alpha="[0, inf)", flow_steps="[1, inf)", horizon="[1, inf)",
+              actor_num_samples="[1, inf)")
 
 
 # ---------------------------------------------------------------------------------------------------- networks
@@ -198,22 +227,32 @@ class OneStepActor(nn.Module):
         return self.net(torch.cat([obs, z], -1)).float()  # fp32 out, also under bf16 autocast
 
 
+def policy_dim(args: Args, action_dim: int) -> int:
+    """Size of what the networks act on: the flattened chunk h * A with --action-chunking, else one action A."""
+    return action_dim * (args.horizon if args.action_chunking else 1)
+
+
 def make_nets(args: Args, obs_dim: int, action_dim: int) -> nn.ModuleDict:
-    critic = Critic(obs_dim, action_dim, args.value_hidden_dims, args.layer_norm)
-    return nn.ModuleDict(dict(
-        actor_bc_flow=VectorField(obs_dim, action_dim, args.actor_hidden_dims, args.actor_layer_norm),
-        actor_onestep_flow=OneStepActor(obs_dim, action_dim, args.actor_hidden_dims, args.actor_layer_norm),
-        critic=critic,
-        target_critic=copy.deepcopy(critic).requires_grad_(False),
-    ))
+    """`action_dim` is the env's; the networks act on policy_dim (acfql's full_action_dim). best-of-n has no one-step
+    actor."""
+    dim = policy_dim(args, action_dim)
+    critic = Critic(obs_dim, dim, args.value_hidden_dims, args.layer_norm)  # drawn first, then the actors
+    nets = dict(actor_bc_flow=VectorField(obs_dim, dim, args.actor_hidden_dims, args.actor_layer_norm))
+    if args.actor_type == "distill-ddpg":
+        nets["actor_onestep_flow"] = OneStepActor(obs_dim, dim, args.actor_hidden_dims, args.actor_layer_norm)
+    return nn.ModuleDict(dict(nets, critic=critic, target_critic=copy.deepcopy(critic).requires_grad_(False)))
 
 
 # ---------------------------------------------------------------------------------------------------- algorithm
-def flow_bc_loss(v: nn.Module, obs: torch.Tensor, actions: torch.Tensor, x0: torch.Tensor,
-                 t: torch.Tensor) -> torch.Tensor:
-    """Flow matching on the straight path x_t = (1-t) x0 + t a with target velocity a - x0; mean over [B, A]."""
+def flow_bc_loss(v: nn.Module, obs: torch.Tensor, actions: torch.Tensor, x0: torch.Tensor, t: torch.Tensor,
+                 step_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Flow matching on the straight path x_t = (1-t) x0 + t a with target velocity a - x0; mean over [B, A].
+    step_weights [B, h] (a chunk [B, h*A]) multiply each chunk step's squared errors before the mean (acfql)."""
     xt = (1 - t) * x0 + t * actions
-    return ((v(obs, xt, t) - (actions - x0)) ** 2).mean()
+    err = (v(obs, xt, t) - (actions - x0)) ** 2
+    if step_weights is not None:
+        err = err.reshape(*step_weights.shape, -1) * step_weights[..., None]
+    return err.mean()
 
 
 def euler_integrate(v, obs: torch.Tensor, z: torch.Tensor, steps: int) -> torch.Tensor:
@@ -249,21 +288,46 @@ def frozen(module: nn.Module):
     return lambda *inputs: torch.func.functional_call(module, params, inputs)
 
 
+def best_of_n(nets: nn.ModuleDict, obs: torch.Tensor, args: Args) -> torch.Tensor:
+    """acfql's best-of-n policy: N clipped K-step samples of the BC flow per state, the one with the largest
+    agg_j Q_j(s, .) (--q-agg over the online critic; the first on ties). Noise [B, N, D] as the official. [B, D]"""
+    n, dim = args.actor_num_samples, nets["actor_bc_flow"].net[-1].out_features
+    obs_n = obs.repeat_interleave(n, 0)  # [B*N, obs]: state b's N copies in a row, as noise [B, N, D] flattened
+    samples = euler_integrate(nets["actor_bc_flow"], obs_n, torch.randn(obs_n.shape[0], dim, device=obs.device),
+                              args.flow_steps).reshape(obs.shape[0], n, dim)
+    q = aggregate_q(nets["critic"](obs_n, samples.flatten(0, 1)), args.q_agg).reshape(obs.shape[0], n)
+    return samples[torch.arange(obs.shape[0], device=obs.device), q.argmax(1)]
+
+
 def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
-    """Every FQL loss term of one step (still attached to the graph) and its diagnostics, from one snapshot."""
+    """Every FQL loss term of one step (still attached to the graph) and its diagnostics, from one snapshot.
+    h = 1: a batch of `Dataset.sample`. h > 1: of `Dataset.sample_chunks` (actions [B, h, A], chunk rewards R,
+    masks, valid, valid_steps, s' after the chunk); the networks see the flattened chunk or its first action.
+    Random draws, in order: the TD target's policy noise (z' [B, D], or [B*N, D] for best-of-n), x0, t, then z."""
     obs, actions = batch["observations"], batch["actions"]
-    bc_flow, onestep, critic = nets["actor_bc_flow"], nets["actor_onestep_flow"], nets["critic"]
-    # critic: TD target from the one-step policy at s' (no gradient)
+    if actions.dim() == 3:  # a chunk batch [B, h, A] (also taken at h = 1, as benchmark.py draws it)
+        actions = actions.flatten(1) if args.action_chunking else actions[:, 0]  # [B, h*A] or [B, A]
+    bc_flow, critic = nets["actor_bc_flow"], nets["critic"]
+    # critic: TD target from the deployed policy at s' (no gradient), discount^h with h-step rewards
     with torch.no_grad():
         next_obs = batch["next_observations"]
-        next_actions = onestep(next_obs, torch.randn_like(actions)).clamp(-1, 1)
+        next_actions = act(nets, next_obs, args)
         next_q = aggregate_q(nets["target_critic"](next_obs, next_actions), args.q_agg)
-        y = td_target(batch["rewards"], batch["masks"], next_q, args.discount)
+        y = td_target(batch["rewards"], batch["masks"], next_q, args.discount ** args.horizon)
     q = critic(obs, actions)  # [2, B]
-    critic_loss = ((q - y) ** 2).mean()
-    # actor: BC flow matching
+    td_error = (q - y) ** 2
+    if args.horizon > 1:  # chunks that run past an episode end are weighted out (official valid[..., -1])
+        td_error = td_error * batch["valid"]
+    critic_loss = td_error.mean()
+    # actor: BC flow matching; a chunk's steps after an episode end are weighted out (official valid[..., None])
     x0, t = torch.randn_like(actions), torch.rand_like(actions[:, :1])  # drawn in this order (torch.compile too)
-    bc_flow_loss = flow_bc_loss(bc_flow, obs, actions, x0, t)
+    step_weights = batch["valid_steps"] if args.horizon > 1 and args.action_chunking else None
+    bc_flow_loss = flow_bc_loss(bc_flow, obs, actions, x0, t, step_weights)
+    out = dict(critic_loss=critic_loss, q_mean=q.mean(), q_max=q.max(), q_min=q.min())
+    if args.actor_type == "best-of-n":  # the policy is the BC flow ranked by the critic: nothing else is trained
+        zero = torch.zeros_like(bc_flow_loss)  # acfql logs the absent terms as zeros
+        return dict(out, actor_loss=bc_flow_loss, bc_flow_loss=bc_flow_loss, distill_loss=zero, q_loss=zero)
+    onestep = nets["actor_onestep_flow"]
     # actor: distillation of the K-step flow into the one-step policy, same noise z for both
     z = torch.randn_like(actions)
     with torch.no_grad():
@@ -277,9 +341,8 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
     if args.normalize_q_loss:
         q_loss = q_loss / q_pi.abs().mean().detach()
     actor_loss = bc_flow_loss + args.alpha * distill_loss + q_loss
-    return dict(critic_loss=critic_loss, q_mean=q.mean(), q_max=q.max(), q_min=q.min(), actor_loss=actor_loss,
-                bc_flow_loss=bc_flow_loss, distill_loss=distill_loss, q_loss=q_loss, q=q_pi.mean(),
-                mse=((actor_actions.clamp(-1, 1) - actions) ** 2).mean())
+    return dict(out, actor_loss=actor_loss, bc_flow_loss=bc_flow_loss, distill_loss=distill_loss, q_loss=q_loss,
+                q=q_pi.mean(), mse=((actor_actions.clamp(-1, 1) - actions) ** 2).mean())
 
 
 def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: Args, loss_fn=losses,
@@ -297,7 +360,10 @@ def update(nets: nn.ModuleDict, opt: torch.optim.Optimizer, batch: dict, args: A
 
 @torch.no_grad()
 def act(nets: nn.ModuleDict, obs: torch.Tensor, args: Args) -> torch.Tensor:
-    """Evaluation policy of the official code: the one-step actor with fresh noise, clipped. [B, D] -> [B, A]"""
+    """Evaluation policy of the official code: the one-step actor with fresh noise, clipped, or the best of N BC flow
+    samples (best-of-n). [B, D] -> [B, policy_dim]: whole chunks with --action-chunking."""
+    if args.actor_type == "best-of-n":
+        return best_of_n(nets, obs, args)
     z = torch.randn(obs.shape[0], nets["actor_onestep_flow"].net[-1].out_features, device=obs.device)
     return nets["actor_onestep_flow"](obs, z).clamp(-1, 1)
 
@@ -309,10 +375,17 @@ def act_bc_flow(nets: nn.ModuleDict, obs: torch.Tensor, flow_steps: int) -> torc
     return euler_integrate(nets["actor_bc_flow"], obs, z, flow_steps)
 
 
+def execution_horizon(args: Args) -> int:
+    """Env steps per policy call: the chunk's h with --action-chunking (open-loop), else 1."""
+    return args.horizon if args.action_chunking else 1
+
+
 def make_policy(nets: nn.ModuleDict, args: Args):
     """The evaluation policy as a callable, observations [B, D] -> actions [B, A]; main's evaluation and
-    runfiles.load_policy both use it."""
-    return lambda obs: act(nets, obs, args)
+    runfiles.load_policy both use it. A chunk is executed open-loop: every h-th call plans a chunk for the batch, the
+    other calls return its next action without looking at the observations; a new batch of episodes needs
+    `policy.reset()`."""
+    return common.chunked_policy(lambda obs: act(nets, obs, args), execution_horizon(args))
 
 
 # ---------------------------------------------------------------------------------------------------- training loop
@@ -322,7 +395,11 @@ def main(args: Args) -> dict:
     task = common.load_task(args.env_id, device)
     steps = common.default_offline_steps(task.env_id) if args.offline_steps is None else args.offline_steps
     # ALGO LOGIC: what the method needs of the data, the replay for the online phase, the networks, the optimizer
-    online = common.Collector(task, args.online_steps, args.buffer_size, args.seed,
+    common.check_horizon(task.train, args.horizon, task.env_id)
+    if args.horizon > 1 and args.balanced_sampling:
+        raise common.UsageError("--balanced-sampling draws single transitions; with --horizon > 1 the chunks come "
+                                "uniformly from the whole replay (as in Q-chunking): drop --balanced-sampling")
+    online = common.Collector(task, args.online_steps, args.buffer_size, args.seed, horizon=execution_horizon(args),
                               balanced=args.balanced_sampling) if args.online_steps else None
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
     opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=args.lr, fused=args.compile or None)
@@ -334,10 +411,13 @@ def main(args: Args) -> dict:
     for step in range(run.first, run.total + 1):
         # ALGO LOGIC: one step; offline a gradient step, online first one env step of the deployed policy
         metrics = episode = None
-        if step > steps:  # stored in the replay (task.train)
+        if step > steps:  # a chunk executed open-loop (one policy call per chunk), every step stored in task.train
             episode = online.step(lambda o: policy(nets, o, args), step)
         if step <= steps or online.steps >= args.start_training:
-            batch = task.train.sample(args.batch_size) if step <= steps else online.sample(args.batch_size)
+            if args.horizon > 1:  # h-step chunks, uniform over the dataset and then the whole replay
+                batch = task.train.sample_chunks(args.batch_size, args.horizon, args.discount)
+            else:
+                batch = task.train.sample(args.batch_size) if step <= steps else online.sample(args.batch_size)
             metrics = update(nets, opt, batch, args, loss_fn=loss_fn)
         # TRY NOT TO MODIFY: NaN watch, progress and logs; evaluation, eval.csv and checkpoint
         run.log(step, metrics, episode)
@@ -345,8 +425,10 @@ def main(args: Args) -> dict:
             result = common.evaluate(make_policy(nets, args), task, args.eval_episodes, args.seed + step, run.png(step))
             # ALGO LOGIC: the flow-BC baseline beside the policy
             if args.eval_bc_flow:
-                bc = common.evaluate(lambda o: act_bc_flow(nets, o, args.flow_steps), task, args.eval_episodes,
-                                     args.seed + step, run.png(step, "bandit_bc_flow"))
+                bc_policy = common.chunked_policy(lambda o: act_bc_flow(nets, o, args.flow_steps),
+                                                  execution_horizon(args))
+                bc = common.evaluate(bc_policy, task, args.eval_episodes, args.seed + step,
+                                     run.png(step, "bandit_bc_flow"))
                 result.update({f"bc_flow_{k}": v for k, v in bc.items()})
             # TRY NOT TO MODIFY: eval.csv, tensorboard and checkpoint
             result = run.record_eval(step, result)
