@@ -76,6 +76,9 @@ def load_agent(path: str, name: str, extra_paths=()):
     for k in [k for k in sys.modules if k.split(".")[0] in ("agents", "utils", "envs")]:
         del sys.modules[k]  # another checkout's packages of the same names
     sys.path[:0] = [path, *extra_paths]
+    package = types.ModuleType("agents")  # the package without its __init__, which imports every other agent
+    package.__path__ = [os.path.join(path, "agents")]
+    sys.modules["agents"] = package
     try:
         return importlib.import_module(f"agents.{name}")
     finally:
@@ -223,7 +226,8 @@ class Official:
     def __init__(self, agent):
         import jax
         self.cls, self.state_cls = type(agent), type(agent.network)
-        self.jitted = {n: f for n, f in vars(self.cls).items() if hasattr(f, "__wrapped__")}
+        self.jitted = {n: f for n, f in vars(self.cls).items()  # jax.jit methods (not static/class methods)
+                       if hasattr(f, "lower") and hasattr(f, "__wrapped__")}
         self.noise = None
         self.fn = jax.jit(self._traced)
 
