@@ -1,0 +1,1 @@
+"""The parity suite against the official JAX code: docs/parity.md."""
