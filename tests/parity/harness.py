@@ -88,14 +88,16 @@ def precision(dtype: torch.dtype):
     """float64: jax x64 on, and our modules' `.float()` (a bf16 -> fp32 cast that would round a double) leaves
     float64 tensors alone. float32: both sides exactly as written."""
     import jax
-    old_x64, old_float = jax.config.jax_enable_x64, torch.Tensor.float
+    old_x64, old_float, old_default = jax.config.jax_enable_x64, torch.Tensor.float, torch.get_default_dtype()
     jax.config.update("jax_enable_x64", dtype == torch.float64)
-    if dtype == torch.float64:
+    if dtype == torch.float64:  # and torch.randn(shape) (no dtype: the default dtype) draws float64, as jax does
         torch.Tensor.float = lambda self, *a, **k: self if self.dtype == torch.float64 else old_float(self, *a, **k)
+        torch.set_default_dtype(torch.float64)
     try:
         yield
     finally:
         torch.Tensor.float = old_float
+        torch.set_default_dtype(old_default)
         jax.config.update("jax_enable_x64", old_x64)
 
 
@@ -112,11 +114,15 @@ class Noise:
     """Pre-drawn noise for one update. `arrays` maps a name to (kind, array), kind 'normal' or 'uniform' (on [0, 1)).
     `ours` and `theirs` list the names in the order each side draws them (a name may repeat where one side reuses
     an array for a draw the other side does not make). Every draw on a side must be the next name of its list with
-    the same kind and shape, every name of both lists must be drawn, and any other random call raises."""
+    the same kind and shape, every name of both lists must be drawn, and any other random call raises.
+    `views` maps a name to how the official code lays the same numbers out (e.g. lambda a: a.reshape(b, 1, d) for a
+    best-of-1 axis, or lambda a: a.T for TFP, which draws a Gaussian [event, batch] and transposes it); it is applied
+    to the array on the official side only, with array methods that numpy and jax share."""
 
-    def __init__(self, arrays: dict, ours: list, theirs: list):
+    def __init__(self, arrays: dict, ours: list, theirs: list, views: dict = None):
         assert set(ours) == set(theirs) == set(arrays), (sorted(arrays), ours, theirs)
         self.arrays, self.order = arrays, dict(ours=list(ours), theirs=list(theirs))
+        self.views = dict(views or {})
 
     def _next(self, side, kind, shape):
         queue = self.order[side]
@@ -179,10 +185,11 @@ class Noise:
                 raise NoiseError(f"theirs: an extra {kind} draw of shape {tuple(shape)} beyond the pre-drawn noise")
             name = queue.pop(0)
             k, a = self.arrays[name]
-            if k != kind or tuple(a.shape) != tuple(shape):
-                raise NoiseError(f"theirs: draw '{name}' expected {k} {tuple(a.shape)}, got {kind} {tuple(shape)} "
-                                 "(the draw order or a shape changed)")
-            return values[name] if dtype is None else values[name].astype(dtype)
+            view = self.views.get(name, lambda x: x)
+            if k != kind or tuple(view(a).shape) != tuple(shape):
+                raise NoiseError(f"theirs: draw '{name}' expected {k} {tuple(view(a).shape)}, got {kind} "
+                                 f"{tuple(shape)} (the draw order or a shape changed)")
+            return view(values[name]) if dtype is None else view(values[name]).astype(dtype)
 
         def normal(key, shape=(), dtype=None, *a, **k):
             return draw("normal", shape, dtype)
@@ -216,7 +223,8 @@ class Official:
     def __init__(self, agent):
         import jax
         self.cls, self.state_cls = type(agent), type(agent.network)
-        self.jitted = {n: f for n, f in vars(self.cls).items() if hasattr(f, "__wrapped__")}
+        self.jitted = {n: f for n, f in vars(self.cls).items()  # jax.jit wrappers; staticmethod and classmethod
+                       if hasattr(f, "__wrapped__") and not isinstance(f, (staticmethod, classmethod))}  # have one too
         self.noise = None
         self.fn = jax.jit(self._traced)
 
@@ -267,14 +275,15 @@ class Report:
         assert not self.failures, "parity failures:\n" + "\n".join(self.failures)
 
 
-def rel_err(ours, theirs) -> float:
-    """max |ours - theirs| / max |theirs| over the tensor (relative to its scale); 0 when both are exactly 0."""
+def rel_err(ours, theirs, scale=None) -> float:
+    """max |ours - theirs| / max |theirs| over the tensor (relative to its scale, or to `scale` when given); 0 when
+    both are exactly 0."""
     a, b = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
     if a.size == b.size:  # our layout may keep a unit axis that flax drops (mapping.py transposes kernels)
         a = a.reshape(b.shape)
     if a.shape != b.shape:
         return float("inf")
-    diff, scale = np.abs(a - b).max(initial=0.0), np.abs(b).max(initial=0.0)
+    diff, scale = np.abs(a - b).max(initial=0.0), np.abs(b).max(initial=0.0) if scale is None else scale
     if diff == 0:
         return 0.0
     return float(diff / scale) if scale > 0 else float("inf")
@@ -317,7 +326,9 @@ def run_updates(report, *, script, agent, nets, opt, args, entries, frozen, metr
       metrics   pairs (ours key, official info key) of shared losses and diagnostics;
       gradients of every entry of `entries` that is trained (official gradient of the `frozen` flax modules, i.e.
                 targets, EMA copies and untrained nets, must be exactly zero, and ours must have none);
-      params    every parameter afterwards, `frozen` modules included.
+      params    every parameter afterwards, `frozen` modules included, relative to max(1, largest parameter) of its
+                network: Adam's first steps move a zero-initialised bias by about lr * g / (|g| + eps), and where
+                |g| is near eps = 1e-8 a 1e-16 difference in g becomes ~1e-12 in the step, 1e-9 of the bias itself.
     make_batch(step) -> dict of numpy arrays; make_noise(step) -> Noise."""
     from mapping import flatten, torch_view
     tol = TOL[dtype]
@@ -327,19 +338,29 @@ def run_updates(report, *, script, agent, nets, opt, args, entries, frozen, metr
         noise = make_noise(step)
         # theirs: the official update (one jitted program, see Official)
         agent, info, their_grads = official.update(agent, {k: np.asarray(v) for k, v in batch.items()}, noise)
-        # ours: our update as written, its gradient caught just before the optimizer step
-        grads, step_fn = {}, opt.step
+        # ours: our update as written, its gradient caught right after backward (before any clipping, like the
+        # official one, which optax clips after apply_gradients), or just before the optimizer step
+        grads, step_fn, backward = {}, opt.step, torch.Tensor.backward
+
+        def catch():
+            grads.update({n: None if p.grad is None else p.grad.detach().clone() for n, p in nets.named_parameters()})
 
         def stepping(*a, **k):
-            grads.update({n: None if p.grad is None else p.grad.detach().clone() for n, p in nets.named_parameters()})
+            if not grads:
+                catch()
             return step_fn(*a, **k)
-        opt.step = stepping
+
+        def backward_and_catch(self, *a, **k):
+            backward(self, *a, **k)
+            catch()
+        opt.step, torch.Tensor.backward = stepping, backward_and_catch
         try:
             with noise.torch_side():
                 out = script.update(nets, opt, {k: torch.as_tensor(v, dtype=dtype if v.dtype.kind == "f" else None)
                                                 for k, v in batch.items()}, args)
         finally:
             del opt.step
+            torch.Tensor.backward = backward
         checks = Checks()
         for ours_key, their_key in metrics:
             checks.add("metrics", f"metric {ours_key}", rel_err(out[ours_key].numpy(), np.asarray(info[their_key])))
@@ -356,8 +377,11 @@ def run_updates(report, *, script, agent, nets, opt, args, entries, frozen, metr
         for e in entries:
             if e.module in frozen and grads.get(e.torch_name) is not None:
                 checks.add("zero gradient (frozen/targets)", f"ours {e.torch_name} has a gradient", float("inf"))
+        scale = {}  # max(1, largest |parameter|) of each network: a zero-initialised bias that Adam moved by ~lr is
+        for path, p in their_params.items():  # compared on the network's scale, not on its own (see docs)
+            scale[path.split("/")[0]] = max(scale.get(path.split("/")[0], 1.0), float(np.abs(p).max(initial=0.0)))
         for path, p in their_params.items():
-            checks.add("params after", f"module {path}", rel_err(our_params[path], p))
+            checks.add("params after", f"module {path}", rel_err(our_params[path], p, scale[path.split("/")[0]]))
         for group, (err, where) in checks.worst.items():
             report.check(f"step {step} {group}", err, 0.0 if group.startswith("zero") else tol, where)
     return agent
