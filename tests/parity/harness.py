@@ -31,7 +31,7 @@ REPOS = dict(  # env var -> (repository, commit our script follows)
     OFFICIAL_DEFLOW=("github.com/muzhancun/DeFlow", "d81dd59"),
     OFFICIAL_QC=("github.com/ColinQiyangLi/qc", "see fql.py"),
     OFFICIAL_QAM=("github.com/ColinQiyangLi/qam", "f93efd2"),
-    OFFICIAL_DFP=("github.com/DT6A/dfp", "babc3da"),
+    OFFICIAL_DFP=("github.com/KAIST-Visual-AI-Group/DFP", "babc3da"),
 )
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}  # worst relative error allowed per tensor (see docs/parity.md)
 
