@@ -307,17 +307,17 @@ def euler_integrate(v, obs: torch.Tensor, z: torch.Tensor, steps: int) -> torch.
     return x.clamp(-1, 1)
 
 
-def noise_schedule(steps: int, device=None) -> torch.Tensor:
+def noise_schedule(steps: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """sigma_i = sqrt(2 (1 - t_i + h) / (t_i + h)) at t_i = i/K, h = 1/K: the memoryless sigma(u) = sqrt(2 (1-u) / u)
-    with numerator and denominator shifted by one step so it stays finite at t = 0. [K]"""
-    t = torch.arange(steps, device=device, dtype=torch.float32) / steps
+    with numerator and denominator shifted by one step so it stays finite at t = 0. [K], in the data's dtype"""
+    t = torch.arange(steps, device=device, dtype=dtype) / steps
     return torch.sqrt(2 * (1 - t + 1 / steps) / (t + 1 / steps))
 
 
 @torch.compiler.assume_constant_result
-def noise_levels(steps: int) -> list:
+def noise_levels(steps: int, dtype=torch.float32) -> list:
     """noise_schedule(steps) as Python floats; torch.compile takes them as constants (no host sync in the step)."""
-    return noise_schedule(steps).tolist()
+    return noise_schedule(steps, dtype=dtype).tolist()
 
 
 @torch.no_grad()
@@ -325,7 +325,7 @@ def memoryless_rollout(v, prior, obs: torch.Tensor, x0: torch.Tensor, steps: int
     """Memoryless SDE dx = (2 v - x / t) dt + sigma(t) dB with the discretisation of the official `adj_matching`:
     K-1 noisy steps driven by v, then one noiseless Euler step of the prior. The drift -x/(t+h) cancels x_0 in the
     first step, so x_1 does not depend on x_0. Returns X = [x_0..x_{K-1}] [K, B, D], T [K, B, 1] and x_K [B, D]."""
-    h, sigma = 1.0 / steps, noise_levels(steps)
+    h, sigma = 1.0 / steps, noise_levels(steps, x0.dtype)
     x, xs, ts = x0, [], []
     for i in range(steps):
         t = torch.full_like(x[:, :1], i * h)
@@ -455,7 +455,7 @@ def losses(nets: nn.ModuleDict, batch: dict, args: Args) -> dict:
     v_ft = ft_flow(obs_k, xs, ts)  # [K, B, D], the only term with a gradient
     with torch.no_grad():
         v_base = torch.zeros_like(v_ft) if args.residual else prior(obs_k, xs, ts)
-    adj_loss = adjoint_matching_loss(v_ft, v_base, adjoints, noise_schedule(args.flow_steps, obs.device))
+    adj_loss = adjoint_matching_loss(v_ft, v_base, adjoints, noise_schedule(args.flow_steps, obs.device, obs.dtype))
     actor_loss = bc_flow_loss + adj_loss
     out = dict(critic_loss=critic_loss, q_mean=q.mean(), q_max=q.max(), q_min=q.min(), bc_flow_loss=bc_flow_loss,
                adj_loss=adj_loss, adj_max=g_final.abs().max(), adj_mean=g_final.abs().mean(),

@@ -120,12 +120,14 @@ class Noise:
     an array for a draw the other side does not make). Every draw on a side must be the next name of its list with
     the same kind and shape, every name of both lists must be drawn, and any other random call raises."""
 
-    def __init__(self, arrays: dict, ours: list, theirs: list, our_shapes: dict = None):
+    def __init__(self, arrays: dict, ours: list, theirs: list, our_shapes: dict = None, views: dict = None):
         """our_shapes: {name: shape} where our draw has another shape of the same values in the same (row-major)
-        order, e.g. [B*N, D] for the official [B, N, D]; checked like any other shape."""
+        order, e.g. [B*N, D] for the official [B, N, D]; checked like any other shape. views: {name: f} where the
+        official code lays the same numbers out otherwise (e.g. lambda a: a.T for TFP, which draws a Gaussian [event,
+        batch] and transposes it); applied on the official side only, with array methods numpy and jax share."""
         assert set(ours) == set(theirs) == set(arrays), (sorted(arrays), ours, theirs)
         self.arrays, self.order = arrays, dict(ours=list(ours), theirs=list(theirs))
-        self.our_shapes = our_shapes or {}
+        self.our_shapes, self.views = our_shapes or {}, dict(views or {})
 
     def _next(self, side, kind, shape):
         queue = self.order[side]
@@ -189,10 +191,11 @@ class Noise:
                 raise NoiseError(f"theirs: an extra {kind} draw of shape {tuple(shape)} beyond the pre-drawn noise")
             name = queue.pop(0)
             k, a = self.arrays[name]
-            if k != kind or tuple(a.shape) != tuple(shape):
-                raise NoiseError(f"theirs: draw '{name}' expected {k} {tuple(a.shape)}, got {kind} {tuple(shape)} "
-                                 "(the draw order or a shape changed)")
-            return values[name] if dtype is None else values[name].astype(dtype)
+            view = self.views.get(name, lambda x: x)
+            if k != kind or tuple(view(a).shape) != tuple(shape):
+                raise NoiseError(f"theirs: draw '{name}' expected {k} {tuple(view(a).shape)}, got {kind} "
+                                 f"{tuple(shape)} (the draw order or a shape changed)")
+            return view(values[name]) if dtype is None else view(values[name]).astype(dtype)
 
         def normal(key, shape=(), dtype=None, *a, **k):
             return draw("normal", shape, dtype)
@@ -287,14 +290,15 @@ class Report:
         assert not self.failures, "parity failures:\n" + "\n".join(self.failures)
 
 
-def rel_err(ours, theirs) -> float:
-    """max |ours - theirs| / max |theirs| over the tensor (relative to its scale); 0 when both are exactly 0."""
+def rel_err(ours, theirs, scale=None) -> float:
+    """max |ours - theirs| / max |theirs| over the tensor (relative to its scale, or to `scale` when given); 0 when
+    both are exactly 0."""
     a, b = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
     if a.size == b.size:  # our layout may keep a unit axis that flax drops (mapping.py transposes kernels)
         a = a.reshape(b.shape)
     if a.shape != b.shape:
         return float("inf")
-    diff, scale = np.abs(a - b).max(initial=0.0), np.abs(b).max(initial=0.0)
+    diff, scale = np.abs(a - b).max(initial=0.0), np.abs(b).max(initial=0.0) if scale is None else scale
     if diff == 0:
         return 0.0
     return float(diff / scale) if scale > 0 else float("inf")
@@ -358,7 +362,9 @@ def run_updates(report, *, script, agent, nets, opt, args, entries, frozen, metr
       metrics   pairs (ours key, official info key) of shared losses and diagnostics;
       gradients of every entry of `entries` that is trained (official gradient of the `frozen` flax modules, i.e.
                 targets, EMA copies and untrained nets, must be exactly zero, and ours must have none);
-      params    every parameter afterwards, `frozen` modules included.
+      params    every parameter afterwards, `frozen` modules included, relative to max(1, largest parameter) of its
+                network: Adam's first steps move a zero-initialised bias by about lr * g / (|g| + eps), and where
+                |g| is near eps = 1e-8 a 1e-16 difference in g becomes ~1e-12 in the step, 1e-9 of the bias itself.
     make_batch(step) -> dict of numpy arrays, or (ours, theirs) where the layouts differ; make_noise(step) -> Noise.
     Official modules that we do not build (no entry in `entries`) must be in `frozen`: their gradient is checked to
     be zero and their parameters are not compared."""
@@ -371,19 +377,29 @@ def run_updates(report, *, script, agent, nets, opt, args, entries, frozen, metr
         noise = make_noise(step)
         # theirs: the official update (one jitted program, see Official)
         agent, info, their_grads = official.update(agent, {k: np.asarray(v) for k, v in their_batch.items()}, noise)
-        # ours: our update as written, its gradient caught just before the optimizer step
-        grads, step_fn = {}, opt.step
+        # ours: our update as written, its gradient caught right after backward (before any clipping, like the
+        # official one, which optax clips after apply_gradients), or just before the optimizer step
+        grads, step_fn, backward = {}, opt.step, torch.Tensor.backward
+
+        def catch():
+            grads.update({n: None if p.grad is None else p.grad.detach().clone() for n, p in nets.named_parameters()})
 
         def stepping(*a, **k):
-            grads.update({n: None if p.grad is None else p.grad.detach().clone() for n, p in nets.named_parameters()})
+            if not grads:
+                catch()
             return step_fn(*a, **k)
-        opt.step = stepping
+
+        def backward_and_catch(self, *a, **k):
+            backward(self, *a, **k)
+            catch()
+        opt.step, torch.Tensor.backward = stepping, backward_and_catch
         try:
             with noise.torch_side():
                 out = script.update(nets, opt, {k: torch.as_tensor(v, dtype=dtype if v.dtype.kind == "f" else None)
                                                 for k, v in batch.items()}, args)
         finally:
             del opt.step
+            torch.Tensor.backward = backward
         checks = Checks()
         for ours_key, their_key in metrics:
             checks.add("metrics", f"metric {ours_key}", rel_err(out[ours_key].numpy(), np.asarray(info[their_key])))
@@ -400,10 +416,13 @@ def run_updates(report, *, script, agent, nets, opt, args, entries, frozen, metr
         for e in entries:
             if e.module in frozen and grads.get(e.torch_name) is not None:
                 checks.add("zero gradient (frozen/targets)", f"ours {e.torch_name} has a gradient", float("inf"))
+        scale = {}  # max(1, largest |parameter|) of each network: a zero-initialised bias that Adam moved by ~lr is
+        for path, p in their_params.items():  # compared on the network's scale, not on its own (see docs)
+            scale[path.split("/")[0]] = max(scale.get(path.split("/")[0], 1.0), float(np.abs(p).max(initial=0.0)))
         for path, p in their_params.items():
             if path not in our_params and path.split("/")[0] in frozen:
                 continue  # an official module we do not build (its zero gradient is checked above)
-            checks.add("params after", f"module {path}", rel_err(our_params[path], p))
+            checks.add("params after", f"module {path}", rel_err(our_params[path], p, scale[path.split("/")[0]]))
         for group, (err, where) in checks.worst.items():
             report.check(f"step {step} {group}", err, 0.0 if group.startswith("zero") else tol, where)
     return agent

@@ -131,3 +131,35 @@ def torch_view(entries: list, tensors: dict) -> dict:
             t = tensors[e.torch_name]
             out[e.path] = t.detach().cpu().numpy().T if e.layout == "T" else t.detach().cpu().numpy()
     return out
+
+
+# ---------------------------------------------------------------------------------------------------- qam
+def qam(nets) -> list:
+    """qam.py <-> the official QAMAgent (ColinQiyangLi/qam agents/qam.py): actor_slow = our actor_bc_flow, actor_fast
+    = actor_ft_flow, one_step_actor = actor_onestep_flow (QAM-FQL), edit_actor (a TanhNormal: MLP_0 trunk, mean and
+    log-std heads) = actor_edit and edit_alpha (QAM-EDIT). The official agent also allocates target_actor_fast, which
+    its update never reads; the parity test removes it from the official parameters (the update then still runs)."""
+    out = (critic("modules_critic/value_net", "critic", nets["critic"])
+           + critic("modules_target_critic/value_net", "target_critic", nets["target_critic"])
+           + mlp("modules_actor_slow/mlp", "actor_bc_flow.net", nets["actor_bc_flow"].net)
+           + mlp("modules_target_actor_slow/mlp", "target_actor_bc_flow.net", nets["target_actor_bc_flow"].net)
+           + mlp("modules_actor_fast/mlp", "actor_ft_flow.net", nets["actor_ft_flow"].net))
+    if "actor_onestep_flow" in nets:
+        out += mlp("modules_one_step_actor/mlp", "actor_onestep_flow.net", nets["actor_onestep_flow"].net)
+    if "actor_edit" in nets:
+        edit = nets["actor_edit"]
+        out += mlp("modules_edit_actor/MLP_0", "actor_edit.trunk.0", edit.trunk[0])
+        for flax_name, head in (("OutputDenseMean", "mean"), ("OutputDenseLogStd", "log_std")):
+            out += [Entry(f"modules_edit_actor/{flax_name}/kernel", f"actor_edit.{head}.weight", "T"),
+                    Entry(f"modules_edit_actor/{flax_name}/bias", f"actor_edit.{head}.bias", "same")]
+        out.append(Entry("modules_edit_alpha/log_value", "edit_alpha.log_value", "same"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- dfp
+def dfp(nets) -> list:
+    """dfp.py <-> the official DriftAgent (KAIST-Visual-AI-Group/DFP agents/drift.py): the same four modules."""
+    return (critic("modules_critic/value_net", "critic", nets["critic"])
+            + critic("modules_target_critic/value_net", "target_critic", nets["target_critic"])
+            + mlp("modules_actor_drift/mlp", "actor_drift.net", nets["actor_drift"].net)
+            + mlp("modules_actor_drift_ema/mlp", "actor_drift_ema.net", nets["actor_drift_ema"].net))
