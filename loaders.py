@@ -26,7 +26,7 @@ class UsageError(ValueError):
     flag, file or id and the fix; `plumbing.cli` prints it as one line."""
 
 
-REGENERABLE = re.compile(r"^(cube-(single|double|triple)|scene|puzzle-(3x3|4x4))-(play|noisy)-v0$|"
+REGENERABLE = re.compile(r"^(cube-(single|double|triple|quadruple)|scene|puzzle-(3x3|4x4))-(play|noisy)-v0$|"
                          r"^pointmaze-(medium|large|giant)-(navigate|stitch)-v0$")
 # D4RL names used in the papers -> the Minari re-release of the same task.
 D4RL_ALIASES = {f"antmaze-{m}-v2": f"D4RL/antmaze/{m}-v1"
