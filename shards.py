@@ -99,7 +99,7 @@ class Shards:
         self.reward_fn = None  # applied to every shard's rewards (QAM's --sparse), see common.relabel_rewards
         self.online_rotation = True  # QAM: the rotation goes on online; DFP's official loop stops it
         self.index, self.current, self.pending, self.replay_index = None, None, None, None
-        self.env = make_env(env_id)  # the loader's own env, for the task's relabelling
+        self.env, self.env_lock = make_env(env_id), threading.Lock()  # the loader's own env, for the relabelling
         self.swaps = []  # (step, shard index) of every swap, for the logs and the tests
 
     def index_at(self, step: int, offline_steps: int) -> int:
@@ -109,7 +109,8 @@ class Shards:
 
     def build(self, i: int):
         """Reads shard i into a Dataset on the device (the loader thread calls this too)."""
-        data = load_shard(self.paths[i], self.env_id, self.env)
+        with self.env_lock:  # one MuJoCo env is never stepped by two threads
+            data = load_shard(self.paths[i], self.env_id, self.env)
         if self.device.type != "cuda":
             return self._finish(self.make_dataset(data, self.device))
         stream = torch.cuda.Stream(self.device)
