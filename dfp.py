@@ -46,6 +46,8 @@ Deviations from the official code:
  12. --online-steps runs the official main.py online loop through common.Collector (best-of-eval_bon acting, chunks
      open-loop, uniform replay of 2M rows, updates from online step 5K); the training env's first reset is seeded
      with seed + 3000 + step (official: seed + 3000), evaluation envs with seed + step (official: + 1000 / + 2000).
+ 13. --dataset-dir (the cube-quadruple-100M folder, official --ogbench_dataset_dir): the same rotation, the next
+     shard read ahead on a thread, the last offline shard kept online as the official loop does (docs/shards.md).
 Where paper and code differ this file follows the code: the Laplace kernel on batch-mean-normalised distances with
 doubly normalised, cross-weighted, unit-RMS affinities (the paper's Eq. 3 writes a Gaussian mean shift), the
 per-element mean in the loss (Eq. 4 sums over action dims), the unclipped drift target, the EMA from the first step.

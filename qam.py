@@ -19,8 +19,9 @@ QAM-EDIT (--variant qam-edit) adds a tanh-Gaussian edit edit_scale * Delta on v_
 Deviations from the official code:
   1. PyTorch instead of JAX; Xavier-uniform init, tanh-GELU and LayerNorm eps 1e-6 reproduce the flax defaults.
   2. OGBench evaluation uses the installed ogbench 1.2.2 (the official requirements do not pin a version).
-  3. cube-quadruple and puzzle-4x4 100M-transition datasets (the official --ogbench_dataset_dir rotation) are not
-     supported. Online (--online-steps): the official --balanced_sampling mode (random actions during the warm-up,
+  3. The 100M-transition folders of cube-quadruple and puzzle-4x4 (--dataset-dir, official --ogbench_dataset_dir):
+     the same rotation, the next shard read ahead on a thread; --dataset-proportion keeps files only (docs/shards.md).
+     Online (--online-steps): the official --balanced_sampling mode (random actions during the warm-up,
      half-and-half batches) is not ported; the default uniform replay is.
   4. Evaluation runs the episodes side by side in a vector env and also evaluates at step 1; the official code
      evaluates every 50K steps and at the end. The official loop samples a chunk at every env step and discards it

@@ -115,8 +115,7 @@ class Shards:
             return self._finish(self.make_dataset(data, self.device))
         stream = torch.cuda.Stream(self.device)
         with torch.cuda.stream(stream):
-            ds = self._finish(self.make_dataset({k: torch.from_numpy(v).pin_memory() for k, v in data.items()},
-                                                self.device))
+            ds = self._finish(self.make_dataset(data, self.device))
         stream.synchronize()
         return ds
 
