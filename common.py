@@ -174,9 +174,7 @@ def load_sharded(env_id: str, device: torch.device, flags) -> Task:
                          "D4RL and the bandit come as one dataset): drop --dataset-dir or pass an OGBench id such as "
                          "cube-quadruple-play-singletask-task2-v0")
     paths = shards.shard_paths(flags.dataset_dir, flags.dataset_proportion)
-    rows = shards.check_shards(env_id, paths)
     rotation = shards.Shards(env_id, paths, flags.dataset_replace_interval, device, Dataset.from_numpy)
-    rotation.rows = rows
     first = rotation.take(0)
     make_env = lambda: shards.make_env(env_id)  # noqa: E731
     steps = gym.spec(shards.env_name_of(env_id)).max_episode_steps

@@ -103,7 +103,8 @@ class Args:
     """write training metrics every this many steps (official: 5K)"""
     dataset_dir: Optional[str] = None
     """a folder of OGBench .npz shards (e.g. cube-quadruple-play-100m-v0/, docs/shards.md) that replaces the --env-id's
-    dataset file; the id still picks the env, the task's reward relabelling and --sparse (official --ogbench_dataset_dir)"""
+    dataset file; the id still picks the env, the task's reward relabelling and --sparse (official
+    --ogbench_dataset_dir)"""
     dataset_replace_interval: int = 1_000
     """with --dataset-dir: move to the next shard (sorted, cyclic) every this many steps (official: 1000)"""
     dataset_proportion: float = 1.0

@@ -6,8 +6,9 @@ bottom of the house.
 
 A method reader needs only that contract. This file follows the official FQL code (seohongpark/fql,
 `envs/env_utils.py`, `envs/ogbench_utils.py`) and OGBench (`ogbench/utils.py`); the Minari side reproduces the D4RL
-processing FQL applies (the README's "Data protocol" lists where Minari differs from D4RL). New loaders (sharded
-OGBench files, Robomimic, pixels) go here, each a function `<name>_task(env_id) -> dict`.
+processing FQL applies (the README's "Data protocol" lists where Minari differs from D4RL). New loaders (Robomimic,
+pixels) go here, each a function `<name>_task(env_id) -> dict`; folders of OGBench shards (--dataset-dir) are in
+shards.py.
 """
 import difflib
 import os

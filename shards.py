@@ -95,6 +95,7 @@ class Shards:
 
     def __init__(self, env_id: str, paths: list, interval: int, device: torch.device, make_dataset, prefetch=True):
         self.env_id, self.paths, self.interval, self.device = env_id, paths, interval, device
+        self.rows = check_shards(env_id, paths)  # raw rows of each shard, from the headers
         self.make_dataset, self.prefetch = make_dataset, prefetch
         self.reward_fn = None  # applied to every shard's rewards (QAM's --sparse), see common.relabel_rewards
         self.online_rotation = True  # QAM: the rotation goes on online; DFP's official loop stops it

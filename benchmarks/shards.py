@@ -130,8 +130,8 @@ def main() -> None:
         r = child(os.path.join(tmp, "u10"), "uniform", a.steps, a.interval, a.hidden)
         rows.append(("uniform (extension), 10 shards of a tenth the size", r))
     fmt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
-    lines = ["| data | transitions (rotation: one shard; uniform: all) | mean step (ms) | worst step within 1 of a swap (ms) | "
-             "peak RSS (MB) |", "|---|---|---|---|---|"]
+    lines = ["| data | transitions (rotation: one shard; uniform: all) | mean step (ms) | "
+             "worst step within 1 of a swap (ms) | peak RSS (MB) |", "|---|---|---|---|---|"]
     lines += [f"| {name} | {r['transitions']:,} | {fmt(r['mean_ms'])} | {fmt(r['worst_swap_ms'])} | "
               f"{fmt(r['peak_rss_mb'])} |" for name, r in rows]
     table = "\n".join(lines)

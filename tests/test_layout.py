@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = ("fql", "driftql", "dfp", "qam", "deflow")
-SHARED_FILES = ("common.py", "loaders.py", "plumbing.py", "runfiles.py")
+SHARED_FILES = ("common.py", "loaders.py", "plumbing.py", "runfiles.py", "shards.py")
 # blocks that more than one script defines and that must stay the same text, so that `diff fql.py driftql.py` shows
 # only the method
 SAME_TEXT = ("mlp", "Critic", "VectorField", "OneStepActor", "Generator", "euler_integrate", "aggregate_q",
