@@ -100,12 +100,21 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=512, help="width of the 4 hidden layers (official 512)")
     p.add_argument("--dir", default=None, help="where to write the shards (default: a temp folder, removed)")
     p.add_argument("--out", default=None, help="also write the table to this markdown file")
+    p.add_argument("--from-log", default=None, help="only write the table of the rows a stopped run printed to this log")
     p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.from_log:  # the rows are the printed tuples; the command is the log's first line
+        import ast
+
+        text = open(a.from_log).read().splitlines()
+        rows = [ast.literal_eval(line) for line in text if line.startswith("('")]
+        write_table(rows, a.out, text[0].removeprefix("command: ") + " (stopped; the rows it finished)")
+        return
     if a.child:
         folder, mode, steps, interval, hidden = a.child
         print(json.dumps(run(folder, mode, int(steps), int(interval), int(hidden))))
         return
+    print(f"command: {' '.join(sys.argv[1:])}", flush=True)
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
         t0 = time.time()
         first = write_synthetic_shards(os.path.join(tmp, "k2"), "cube-quadruple", 2, a.episodes)
@@ -129,6 +138,11 @@ def main() -> None:
             print(rows[-1], flush=True)
         r = child(os.path.join(tmp, "u10"), "uniform", a.steps, a.interval, a.hidden)
         rows.append(("uniform (extension), 10 shards of a tenth the size", r))
+    write_table(rows, a.out, " ".join(sys.argv[1:]))
+
+
+def write_table(rows: list, out: str, command: str) -> None:
+    """Prints the rows [(name, result)] as a markdown table and writes it to `out` under the machine and command."""
     fmt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
     lines = ["| data | transitions (rotation: one shard; uniform: all) | mean step (ms) | "
              "worst step within 1 of a swap (ms) | peak RSS (MB) |", "|---|---|---|---|---|"]
@@ -136,13 +150,13 @@ def main() -> None:
               f"{fmt(r['peak_rss_mb'])} |" for name, r in rows]
     table = "\n".join(lines)
     print(table)
-    if a.out:
+    if out:
         import platform
 
-        head = (f"# `benchmarks/shards.py`\n\nCommand: `python benchmarks/shards.py {' '.join(sys.argv[1:])}`\n\n"
+        head = (f"# `benchmarks/shards.py`\n\nCommand: `python benchmarks/shards.py {command}`\n\n"
                 f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, CPU only "
                 f"(torch {__import__('torch').__version__}), load average {os.getloadavg()[0]:.1f} at the end.\n\n")
-        with open(a.out, "w") as f:
+        with open(out, "w") as f:
             f.write(head + table + "\n")
 
 
