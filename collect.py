@@ -58,11 +58,12 @@ from typing import Optional
 import numpy as np
 import tyro
 
-MANIP_ENVS = ("cube-single", "cube-double", "cube-triple", "scene", "puzzle-3x3", "puzzle-4x4")
+MANIP_ENVS = ("cube-single", "cube-double", "cube-triple", "cube-quadruple", "scene", "puzzle-3x3", "puzzle-4x4")
 MAZE_ENVS = ("pointmaze-medium", "pointmaze-large", "pointmaze-giant")
-SUPPORTED = ("[visual-]{cube-single,cube-double,cube-triple,scene,puzzle-3x3,puzzle-4x4}-{play,noisy}-v0 "
+SUPPORTED = ("[visual-]{cube-single,cube-double,cube-triple,cube-quadruple,scene,puzzle-3x3,puzzle-4x4}-{play,noisy}-v0 "
              "and pointmaze-{medium,large,giant}-{navigate,stitch}-v0; lift-ph-low_dim (Robomimic, scripted)")
-P_STACK = {"cube-single": 0.0, "cube-double": (0.0, 0.25), "cube-triple": (0.05, 0.35)}  # per episode
+P_STACK = {"cube-single": 0.0, "cube-double": (0.0, 0.25), "cube-triple": (0.05, 0.35),
+           "cube-quadruple": (0.1, 0.5)}  # per episode
 DTYPES = dict(observations=np.float32, actions=np.float32, terminals=bool,
               qpos=np.float32, qvel=np.float32, button_states=np.int64)
 
@@ -72,7 +73,8 @@ class Args:
     dataset: tyro.conf.Positional[str]
     """Dataset to generate, e.g. cube-single-play-v0 or pointmaze-medium-navigate-v0."""
     num_episodes: Optional[int] = None
-    """Training episodes. Official: 1000; cube-triple 3000; pointmaze giant-navigate 500, stitch 5000."""
+    """Training episodes. Official: 1000; cube-triple 3000, cube-quadruple 5000; pointmaze giant-navigate 500,
+    stitch 5000."""
     num_val_episodes: Optional[int] = None
     """Validation episodes (the -val file). Official: num_episodes // 10; at least 1, so that training can load it."""
     max_episode_steps: Optional[int] = None
@@ -89,11 +91,18 @@ class Args:
     data_dir: Optional[str] = None
     """Output folder. Default: loaders.ogbench_data_dir() ($OGBENCH_DATA_DIR or ~/.ogbench/data); Robomimic:
     loaders.robomimic_data_dir() ($ROBOMIMIC_DATA_DIR or ~/.robomimic)."""
+    shards: Optional[int] = None
+    """Write K shards instead of one file, into <data-dir>/<env>-<type>-<size>-v0/ as the official 100M folders
+    (<name>-000.npz and <name>-000-val.npz, ...): the --dataset-dir of the training scripts. Shard k seeds episode i
+    from (seed, k, i); a shard already written with these settings is kept (a stopped collection resumes)."""
+    shard_episodes: Optional[int] = None
+    """Training episodes per shard (official 100M folders: 1000); -val: a tenth, at least 1."""
 
 
 # Allowed range of every numeric flag (interval notation), checked by plumbing.check_args before any work starts.
 LIMITS = dict(num_episodes="[1, inf)", num_val_episodes="[1, inf)", max_episode_steps="[2, inf)", noise="[0, inf)",
-              p_random_action="[0, 1]", seed="[0, inf)", workers="[1, inf)")
+              p_random_action="[0, 1]", seed="[0, inf)", workers="[1, inf)", shards="[1, inf)",
+              shard_episodes="[1, inf)")
 
 
 def make_config(args: Args) -> dict:
@@ -113,7 +122,7 @@ def make_config(args: Args) -> dict:
                                     f"download (ogbench.download_datasets). Supported here: {SUPPORTED}")
         raise common.UsageError(f"unsupported dataset {name!r}; supported: {SUPPORTED}")
     if manip:
-        n, steps, noise = (3000 if env_base == "cube-triple" else 1000), 1001, 0.1
+        n, steps, noise = {"cube-triple": 3000, "cube-quadruple": 5000}.get(env_base, 1000), 1001, 0.1
         p = 0.0 if kind == "play" else 0.2 if env_base.startswith("puzzle") else 0.1
     else:
         giant_nav = kind == "navigate" and env_base == "pointmaze-giant"
@@ -121,6 +130,7 @@ def make_config(args: Args) -> dict:
         steps = 201 if kind == "stitch" else 2001 if giant_nav else 1001
         noise, p = 0.5, 0.0
     n = n if args.num_episodes is None else args.num_episodes
+    n = n if args.shard_episodes is None else args.shard_episodes
     return dict(
         name=name, env_base=env_base, kind=kind, manip=manip, seed=args.seed, num_episodes=n,
         num_val_episodes=max(1, n // 10) if args.num_val_episodes is None else args.num_val_episodes,
@@ -267,7 +277,8 @@ def collect_range(cfg, start, stop, tick):
     run = manip_episode if cfg["manip"] else maze_episode
     episodes = []
     for idx in range(start, stop):
-        seed = int(np.random.SeedSequence([cfg["seed"], idx]).generate_state(1)[0])
+        key = [cfg["seed"], idx] if "shard" not in cfg else [cfg["seed"], cfg["shard"], idx]
+        seed = int(np.random.SeedSequence(key).generate_state(1)[0])
         np.random.seed(seed)
         env.action_space.seed(seed)
         ep, rejected = run(env, aux, cfg, seed)
@@ -332,7 +343,6 @@ def run_workers(cfg, total, n_workers, tmp, tick):
 
 def main(args: Args) -> dict:
     """Generate the dataset; returns {'train': path, 'val': path} (Robomimic: {'train': path})."""
-    from tqdm import tqdm
     import loaders
     if loaders.ROBOMIMIC_ID.match(args.dataset):  # a small scripted Robomimic file: collect_robomimic.py
         import collect_robomimic
@@ -340,12 +350,55 @@ def main(args: Args) -> dict:
         plumbing.check_args(args, LIMITS)
         return {"train": collect_robomimic.collect(args)}
     cfg = make_config(args)
-    n, total = cfg["num_episodes"], cfg["num_episodes"] + cfg["num_val_episodes"]
-    stamp = np.asarray(hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16])  # the pair's id
+    if args.shard_episodes is not None and args.shards is None:
+        raise loaders.UsageError("--shard-episodes sets the episodes of each shard: pass --shards K as well, or use "
+                                 "--num-episodes for one file")
     data_dir = os.path.expanduser(args.data_dir or loaders.ogbench_data_dir())
+    if args.shards:
+        return collect_shards(cfg, args, data_dir)
     os.makedirs(data_dir, exist_ok=True)
     paths = {s: os.path.join(data_dir, cfg["name"] + ("-val" if s == "val" else "") + ".npz") for s in ("train", "val")}
-    n_workers = max(1, min(args.workers, total))
+    return write_pair(cfg, paths, args.workers, data_dir)
+
+
+def stamp_of(cfg: dict) -> np.ndarray:
+    """The id of a pair of files: a hash of its settings."""
+    return np.asarray(hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16])
+
+
+def collect_shards(cfg: dict, args: Args, data_dir: str) -> dict:
+    """K shards in the official 100M layout: <name-without-v0>-<size>-v0/<name>-<k>.npz and its -val file, shard k
+    seeded from (seed, k); a shard whose files already carry this stamp is kept. Returns {'dir': folder, 'train':
+    [paths]}."""
+    steps = cfg["num_episodes"] * args.shards * (cfg["max_episode_steps"] - 1)
+    size = next((f"{steps // u}{t}" for u, t in ((10 ** 9, "b"), (10 ** 6, "m"), (10 ** 3, "k")) if steps % u == 0
+                 and steps >= u), str(steps))
+    folder = os.path.join(data_dir, f"{cfg['name'][:-3]}-{size}-v0")
+    os.makedirs(folder, exist_ok=True)
+    width, train = max(3, len(str(args.shards - 1))), []
+    for k in range(args.shards):
+        shard = dict(cfg, shard=k)
+        paths = {s: os.path.join(folder, f"{cfg['name']}-{k:0{width}d}" + ("-val" if s == "val" else "") + ".npz")
+                 for s in ("train", "val")}
+        train.append(paths["train"])
+        try:
+            done = all(str(np.load(p)["stamp"]) == str(stamp_of(shard)) for p in paths.values())
+        except (OSError, KeyError, ValueError, EOFError):  # missing, foreign or damaged: write it (again)
+            done = False
+        if done:
+            print(f"{paths['train']}: already written with these settings, kept")
+            continue
+        write_pair(shard, paths, args.workers, folder)
+    print(f"{folder}: {args.shards} shards; train on it with --dataset-dir {folder}")
+    return {"dir": folder, "train": train}
+
+
+def write_pair(cfg: dict, paths: dict, workers: int, data_dir: str) -> dict:
+    """Collects the episodes of one train/-val pair and writes both files (replaced together or not at all)."""
+    from tqdm import tqdm
+    n, total = cfg["num_episodes"], cfg["num_episodes"] + cfg["num_val_episodes"]
+    stamp = stamp_of(cfg)  # the pair's id
+    n_workers = max(1, min(workers, total))
     with tempfile.TemporaryDirectory(dir=data_dir, prefix=".collect-") as tmp:
         # a bar on a terminal; in a log a plain line every 10 % instead of carriage-return updates
         with tqdm(total=total, desc=cfg["name"], unit="ep", disable=not sys.stderr.isatty()) as bar:

@@ -88,8 +88,12 @@ class Dataset:
         Returns observations [B, D], actions [B, h, A], rewards [B], masks [B], valid [B], valid_steps [B, h],
         next_observations [B, D].
         """
+        start = torch.randint(self.size - horizon + 1, (batch_size,), device=self.observations.device)
+        return self.chunks_at(start, horizon, discount)
+
+    def chunks_at(self, start: torch.Tensor, horizon: int, discount: float) -> dict:
+        """The chunks of `sample_chunks` that begin at rows `start` [B]."""
         dev = self.observations.device
-        start = torch.randint(self.size - horizon + 1, (batch_size,), device=dev)
         idx = start[:, None] + torch.arange(horizon, device=dev)  # [B, h]
         term = self.terminals[idx]
         in_episode = (torch.cumsum(term, 1) - term) == 0  # step j is before or at the first episode end
@@ -128,12 +132,19 @@ class Task:
     score: Optional[Callable[[np.ndarray], np.ndarray]] = None  # episodic return -> normalised score x100
     max_episode_steps: int = 1
     online_reward_shift: float = 0.0  # added to env rewards collected online (D4RL AntMaze: -1, as FQL's main.py)
+    shards: Optional["shards.Shards"] = None  # --dataset-dir: the rotation that `data_at` asks for a step's shard
 
 
-def load_task(env_id: str, device: torch.device, extra_capacity: int = 0) -> Task:
-    """Dispatches on the id: bandit, OGBench single-task, Robomimic low-dim, a D4RL alias, or a Minari dataset id.
-    `extra_capacity` leaves room in the training set for that many online transitions (`Dataset.add`)."""
-    task = _load_task(env_id, device)
+def load_task(env_id: str, device: torch.device, extra_capacity: int = 0, flags=None) -> Task:
+    """Dispatches on the id: bandit, OGBench single-task, Robomimic low-dim, a D4RL alias, or a Minari dataset
+    id.
+    `extra_capacity` leaves room in the training set for that many online transitions (`Dataset.add`). `flags`: a
+    script's Args; its --dataset-dir, --dataset-proportion and --dataset-sampling choose the data (`load_sharded`)."""
+    task = load_sharded(env_id, device, flags) if getattr(flags, "dataset_dir", None) else _load_task(env_id, device)
+    proportion = getattr(flags, "dataset_proportion", 1.0)
+    if proportion < 1 and task.shards is None and not getattr(flags, "dataset_dir", None):
+        n = max(1, int(task.train.size * proportion))  # the official process_train_dataset: the first rows
+        task.train = Dataset(**{k: getattr(task.train, k)[:n] for k in Dataset.KEYS}, size=n)
     if extra_capacity:
         task.train = task.train.grow(extra_capacity)
     return task
@@ -161,6 +172,46 @@ def _load_task(env_id: str, device: torch.device) -> Task:
     train = Dataset.from_numpy(parts.pop("train"), device)
     val = Dataset.from_numpy(parts.pop("val"), device) if "val" in parts else None
     return Task(env_id, train, val, **parts)
+
+
+def load_sharded(env_id: str, device: torch.device, flags) -> Task:
+    """--dataset-dir: an OGBench single-task id trained on a folder of shards (shards.py), in the official rotation
+    or, with --dataset-sampling uniform, from all shards at once. The task's env, evaluation and relabelling are the
+    id's; the first shard is `task.train` until `data_at` swaps it."""
+    import shards
+
+    if BANDIT_ID.match(env_id) or "singletask" not in env_id:
+        raise UsageError(f"--dataset-dir reads OGBench shards, and {env_id} is not an OGBench single-task id (Minari, "
+                         "D4RL and the bandit come as one dataset): drop --dataset-dir or pass an OGBench id such as "
+                         "cube-quadruple-play-singletask-task2-v0")
+    paths = shards.shard_paths(flags.dataset_dir, flags.dataset_proportion)
+    rotation = shards.Shards(env_id, paths, flags.dataset_replace_interval, device, Dataset.from_numpy)
+    first = rotation.take(0)
+    make_env = lambda: shards.make_env(env_id)  # noqa: E731
+    steps = gym.spec(shards.env_name_of(env_id)).max_episode_steps
+    print(f"--dataset-dir: {len(paths)} shards of {flags.dataset_dir}, {first.size} transitions in the first")
+    if getattr(flags, "dataset_sampling", "rotate") == "uniform":
+        if getattr(flags, "online_steps", 0):
+            raise UsageError("--dataset-sampling uniform is offline only: drop --online-steps, or fine-tune with the "
+                             "default rotation (--dataset-sampling rotate)")
+        data = shards.UniformShards(env_id, paths, first, Dataset.from_numpy)
+        return Task(env_id, data, None, make_env, max_episode_steps=steps)
+    rotation.current, rotation.index = first, 0
+    return Task(env_id, first, None, make_env, max_episode_steps=steps, shards=rotation)
+
+
+def data_at(task: Task, step: int, offline_steps: int, online: Optional["Collector"]):
+    """The data of a step: `task.train`, or with --dataset-dir the shard of the step, read ahead on a thread (offline)
+    or the replay whose offline rows are that shard (online; QAM's official loop)."""
+    return task.train if task.shards is None else task.shards.at(step, offline_steps, online)
+
+
+def relabel_rewards(task: Task, reward_fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Applies `reward_fn` to the training rewards in place, and to every shard that --dataset-dir loads later."""
+    task.train.rewards.copy_(reward_fn(task.train.rewards))
+    for holder in (task.shards, task.train):
+        if hasattr(holder, "reward_fn"):
+            holder.reward_fn = reward_fn
 
 
 # The four-Gaussian bandit of DriftQL Fig. 1, rebuilt from the figure (the paper gives no numbers): modes in a cross,
@@ -313,6 +364,9 @@ class Collector:
         except Exception as e:  # noqa: BLE001 (any failure to build the env gives the same advice)
             raise UsageError(f"--online-steps: the environment of {task.env_id} cannot be built here "
                              f"({type(e).__name__}: {e}); run without --online-steps") from None
+        if task.shards is not None and (buffer_size and not balanced or len(set(task.shards.rows)) > 1):
+            raise UsageError("--online-steps with --dataset-dir copies each shard over the replay's first rows, as the "
+                             "official loop: it needs shards of one size and --buffer-size 0 (or --balanced-sampling)")
         n = task.train.size
         if balanced:
             capacity = n + min(buffer_size, online_steps)

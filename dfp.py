@@ -46,6 +46,8 @@ Deviations from the official code:
  12. --online-steps runs the official main.py online loop through common.Collector (best-of-eval_bon acting, chunks
      open-loop, uniform replay of 2M rows, updates from online step 5K); the training env's first reset is seeded
      with seed + 3000 + step (official: seed + 3000), evaluation envs with seed + step (official: + 1000 / + 2000).
+ 13. --dataset-dir (the cube-quadruple-100M folder, official --ogbench_dataset_dir): the same rotation, the next
+     shard read ahead on a thread, the last offline shard kept online as the official loop does (docs/shards.md).
 Where paper and code differ this file follows the code: the Laplace kernel on batch-mean-normalised distances with
 doubly normalised, cross-weighted, unit-RMS affinities (the paper's Eq. 3 writes a Gaussian mean shift), the
 per-element mean in the loss (Eq. 4 sums over action dims), the unclipped drift target, the EMA from the first step.
@@ -111,6 +113,17 @@ class Args:
     """episodes per evaluation (FQL protocol: 50; DFP's official flag is 100, Deviation 4)"""
     log_interval: int = 5_000
     """write training metrics every this many steps (the official main.yaml logs every 20K)"""
+    dataset_dir: Optional[str] = None
+    """a folder of OGBench .npz shards (e.g. cube-quadruple-play-100m-v0/, docs/shards.md) that replaces the --env-id's
+    dataset file; the id still picks the env, the task's reward relabelling and --sparse (official
+    --ogbench_dataset_dir)"""
+    dataset_replace_interval: int = 1_000
+    """with --dataset-dir: move to the next shard (sorted, cyclic) every this many steps (official: 1000)"""
+    dataset_proportion: float = 1.0
+    """keep the first max(1, int(K * p)) of the K shards; without --dataset-dir the first p of the rows (official: 1)"""
+    dataset_sampling: Literal["rotate", "uniform"] = "rotate"
+    """rotate: one shard at a time, as official; uniform (extension, offline): every batch from all shards through
+    memory-mapped copies cached once in DIR/.uniform-cache"""
     # --- optimisation
     offline_steps: Optional[int] = None
     """gradient steps; default 1M on OGBench, 500K on D4RL/Minari (FQL; DFP official flag: 1M), 5K on the bandit"""
@@ -440,10 +453,12 @@ def make_policy(nets: nn.ModuleDict, args: Args):
 def main(args: Args) -> dict:
     # TRY NOT TO MODIFY: flags, seeds and device; the data; the step budget
     device = plumbing.setup(args, LIMITS)
-    task = common.load_task(args.env_id, device)
+    task = common.load_task(args.env_id, device, flags=args)
     steps = common.default_offline_steps(task.env_id) if args.offline_steps is None else args.offline_steps
     # ALGO LOGIC: what the method needs of the data, the replay for the online phase, the networks, the optimizer
     common.check_horizon(task.train, args.horizon, task.env_id)
+    if task.shards is not None:  # --dataset-dir: the official DFP loop keeps the last offline shard online
+        task.shards.online_rotation = False
     online = common.Collector(task, args.online_steps, args.buffer_size, args.seed,
                               horizon=args.horizon) if args.online_steps else None
     nets = make_nets(args, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
@@ -454,6 +469,8 @@ def main(args: Args) -> dict:
     run = plumbing.Run(args, __file__, nets, opt, task, online, steps)
     result = {}
     for step in range(run.first, run.total + 1):
+        # TRY NOT TO MODIFY: the data of this step (--dataset-dir: its shard, read ahead; online: the replay)
+        task.train = common.data_at(task, step, steps, online)
         # ALGO LOGIC: one step; offline a gradient step, online first one env step of the deployed policy
         metrics = episode = None
         if (args.topk_start and step == args.topk_start + 1) or step == steps + 1:  # the switch: pi_old <- theta

@@ -110,6 +110,17 @@ class Args:
     """probability that a batch gets the random-shift augmentation (official --p_aug; the papers: 0.5)"""
     frame_stack: int = 1
     """frames stacked on the channel axis (official --frame_stack; the papers: 3)"""
+    dataset_dir: Optional[str] = None
+    """a folder of OGBench .npz shards (e.g. cube-quadruple-play-100m-v0/, docs/shards.md) that replaces the --env-id's
+    dataset file; the id still picks the env, the task's reward relabelling and --sparse (official
+    --ogbench_dataset_dir)"""
+    dataset_replace_interval: int = 1_000
+    """with --dataset-dir: move to the next shard (sorted, cyclic) every this many steps (official: 1000)"""
+    dataset_proportion: float = 1.0
+    """keep the first max(1, int(K * p)) of the K shards; without --dataset-dir the first p of the rows (official: 1)"""
+    dataset_sampling: Literal["rotate", "uniform"] = "rotate"
+    """rotate: one shard at a time, as official; uniform (extension, offline): every batch from all shards through
+    memory-mapped copies cached once in DIR/.uniform-cache"""
     # --- optimisation
     offline_steps: Optional[int] = None
     """gradient steps; default 1M on OGBench, 500K on D4RL/Minari (paper; the official flag is 1M), 5K on the bandit"""
@@ -399,7 +410,7 @@ def make_policy(nets: nn.ModuleDict, args: Args):
 def main(args: Args) -> dict:
     # TRY NOT TO MODIFY: flags, seeds and device; the data; the step budget
     device = plumbing.setup(args, LIMITS)
-    task = common.load_task(args.env_id, device)
+    task = common.load_task(args.env_id, device, flags=args)
     steps = common.default_offline_steps(task.env_id) if args.offline_steps is None else args.offline_steps
     # ALGO LOGIC: what the method needs of the data, the replay for the online phase, the networks, the optimizer
     visual.configure(task, args)  # pixels: --frame-stack and --p-aug reach the dataset and the eval envs
@@ -413,6 +424,8 @@ def main(args: Args) -> dict:
     run = plumbing.Run(args, __file__, nets, opt, task, online, steps)
     result = {}
     for step in range(run.first, run.total + 1):
+        # TRY NOT TO MODIFY: the data of this step (--dataset-dir: its shard, read ahead; online: the replay)
+        task.train = common.data_at(task, step, steps, online)
         # ALGO LOGIC: one step; offline a gradient step, online first one env step of the deployed policy
         metrics = episode = None
         if step > steps:  # stored in the replay (task.train)

@@ -6,10 +6,10 @@ bottom of the house.
 
 A method reader needs only that contract. This file follows the official FQL code (seohongpark/fql,
 `envs/env_utils.py`, `envs/ogbench_utils.py`) and OGBench (`ogbench/utils.py`); the Minari side reproduces the D4RL
-processing FQL applies (the README's "Data protocol" lists where Minari differs from D4RL). New loaders (sharded
-OGBench files, Robomimic, pixels) go here, each a function `<name>_task(env_id) -> dict`. `robomimic_task` follows
-KAIST-Visual-AI-Group/DFP `envs/robomimic_utils.py` (the same file as ColinQiyangLi/qc's, plus robosuite 1.5's
-controller conversion) and the reward shift of its `main.py`.
+processing FQL applies (the README's "Data protocol" lists where Minari differs from D4RL). New loaders (Robomimic,
+pixels) go here, each a function `<name>_task(env_id) -> dict`; folders of OGBench shards (--dataset-dir) are in
+shards.py. `robomimic_task` follows KAIST-Visual-AI-Group/DFP `envs/robomimic_utils.py` (the same file as
+ColinQiyangLi/qc's, plus robosuite 1.5's controller conversion) and the reward shift of its `main.py`.
 """
 import difflib
 import json
@@ -29,7 +29,7 @@ class UsageError(ValueError):
     flag, file or id and the fix; `plumbing.cli` prints it as one line."""
 
 
-REGENERABLE = re.compile(r"^(cube-(single|double|triple)|scene|puzzle-(3x3|4x4))-(play|noisy)-v0$|"
+REGENERABLE = re.compile(r"^(cube-(single|double|triple|quadruple)|scene|puzzle-(3x3|4x4))-(play|noisy)-v0$|"
                          r"^pointmaze-(medium|large|giant)-(navigate|stitch)-v0$")
 # D4RL names used in the papers -> the Minari re-release of the same task.
 D4RL_ALIASES = {f"antmaze-{m}-v2": f"D4RL/antmaze/{m}-v1"

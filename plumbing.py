@@ -86,7 +86,8 @@ def _raise_interrupt(signum, frame):
 TRAIN_LIMITS = dict(seed="[0, 4294967295]", eval_interval="[1, inf)", eval_episodes="[1, inf)",
                     log_interval="[1, inf)", offline_steps="[1, inf)", batch_size="[1, inf)", lr="(0, inf)",
                     actor_hidden_dims="[1, inf)", value_hidden_dims="[1, inf)", discount="[0, 1]", tau="(0, 1]",
-                    online_steps="[0, inf)", buffer_size="[0, inf)", start_training="[0, inf)")
+                    online_steps="[0, inf)", buffer_size="[0, inf)", start_training="[0, inf)",
+                    dataset_replace_interval="[1, inf)", dataset_proportion="(0, 1]")
 
 
 def _bound(text: str, args) -> float:
@@ -297,6 +298,8 @@ class Run:
                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         if self.online is not None and self.online.steps > 0:
             payload["online"] = self.online.state_dict()
+        if self.task.shards is not None:  # --dataset-dir: the rotation's files and the shard in use
+            payload["shards"] = self.task.shards.state()
         tmp = Path(str(self.ckpt) + ".tmp")
         try:
             torch.save(payload, tmp)
@@ -334,6 +337,10 @@ class Run:
         if payload["step"] >= self.total:
             raise UsageError(f"--resume {path} is at step {payload['step']}, already at or past the budget of "
                              f"{self.total} steps: pass a larger --offline-steps (or --online-steps) to train on")
+        files = self.task.shards.state()["files"] if self.task.shards is not None else None
+        if payload.get("shards", {}).get("files") != files and (files or "shards" in payload):
+            raise UsageError(f"--resume {path}: the run trained on the shards {_few(payload.get('shards', {}))}, but "
+                             f"--dataset-dir now lists {_few({'files': files})}: pass the run's folder of shards")
         lrs = [group["lr"] for group in self.opt.param_groups]
         try:
             self.nets.load_state_dict(payload["nets"])
@@ -349,6 +356,12 @@ class Run:
         if "online" in payload and self.online is not None:
             self.online.load_state_dict(payload["online"])
         return payload["step"], {k: v for k, v in changed.items() if k not in ("resume", "runs_dir")}
+
+
+def _few(state: dict) -> str:
+    """A shard list for an error line: its count and first names."""
+    files = state.get("files") or []
+    return f"{len(files)} files ({', '.join(files[:2])}{', ...' if len(files) > 2 else ''})" if files else "none"
 
 
 # ---------------------------------------------------------------------------------------------------- logging

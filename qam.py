@@ -19,8 +19,9 @@ QAM-EDIT (--variant qam-edit) adds a tanh-Gaussian edit edit_scale * Delta on v_
 Deviations from the official code:
   1. PyTorch instead of JAX; Xavier-uniform init, tanh-GELU and LayerNorm eps 1e-6 reproduce the flax defaults.
   2. OGBench evaluation uses the installed ogbench 1.2.2 (the official requirements do not pin a version).
-  3. cube-quadruple and puzzle-4x4 100M-transition datasets (the official --ogbench_dataset_dir rotation) are not
-     supported. Online (--online-steps): the official --balanced_sampling mode (random actions during the warm-up,
+  3. The 100M-transition folders of cube-quadruple and puzzle-4x4 (--dataset-dir, official --ogbench_dataset_dir):
+     the same rotation, the next shard read ahead on a thread; --dataset-proportion keeps files only (docs/shards.md).
+     Online (--online-steps): the official --balanced_sampling mode (random actions during the warm-up,
      half-and-half batches) is not ported; the default uniform replay is.
   4. Evaluation runs the episodes side by side in a vector env and also evaluates at step 1; the official code
      evaluates every 50K steps and at the end. The official loop samples a chunk at every env step and discards it
@@ -103,6 +104,17 @@ class Args:
     """episodes per evaluation (official: 50)"""
     log_interval: int = 5_000
     """write training metrics every this many steps (official: 5K)"""
+    dataset_dir: Optional[str] = None
+    """a folder of OGBench .npz shards (e.g. cube-quadruple-play-100m-v0/, docs/shards.md) that replaces the --env-id's
+    dataset file; the id still picks the env, the task's reward relabelling and --sparse (official
+    --ogbench_dataset_dir)"""
+    dataset_replace_interval: int = 1_000
+    """with --dataset-dir: move to the next shard (sorted, cyclic) every this many steps (official: 1000)"""
+    dataset_proportion: float = 1.0
+    """keep the first max(1, int(K * p)) of the K shards; without --dataset-dir the first p of the rows (official: 1)"""
+    dataset_sampling: Literal["rotate", "uniform"] = "rotate"
+    """rotate: one shard at a time, as official; uniform (extension, offline): every batch from all shards through
+    memory-mapped copies cached once in DIR/.uniform-cache"""
     # --- optimisation
     offline_steps: Optional[int] = None
     """gradient steps; default 1M on OGBench, 500K on D4RL/Minari (official), 5K on the bandit"""
@@ -527,11 +539,11 @@ def make_policy(nets: nn.ModuleDict, args: Args):
 def main(args: Args) -> dict:
     # TRY NOT TO MODIFY: flags, seeds and device; the data; the step budget
     device = plumbing.setup(args, LIMITS)
-    task = common.load_task(args.env_id, device)
+    task = common.load_task(args.env_id, device, flags=args)
     steps = common.default_offline_steps(task.env_id) if args.offline_steps is None else args.offline_steps
     # ALGO LOGIC: what the method needs of the data, the replay for the online phase, the networks, the optimizer
-    if args.sparse:
-        task.train.rewards.copy_(sparse_rewards(task.train.rewards))
+    if args.sparse:  # also on every later shard of --dataset-dir (the official process_train_dataset)
+        common.relabel_rewards(task, sparse_rewards)
     common.check_horizon(task.train, args.horizon, task.env_id)
     online = common.Collector(task, args.online_steps, args.buffer_size, args.seed, horizon=args.horizon,
                               reward_fn=sparse_rewards if args.sparse else None) if args.online_steps else None
@@ -543,6 +555,8 @@ def main(args: Args) -> dict:
     run = plumbing.Run(args, __file__, nets, opt, task, online, steps)
     result = {}
     for step in range(run.first, run.total + 1):
+        # TRY NOT TO MODIFY: the data of this step (--dataset-dir: its shard, read ahead; online: the replay)
+        task.train = common.data_at(task, step, steps, online)
         # ALGO LOGIC: one step; offline a gradient step, online first one env step of the deployed policy
         metrics = episode = None
         if step > steps:  # its chunk executed open-loop (one policy call per h env steps), every step stored

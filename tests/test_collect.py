@@ -147,7 +147,7 @@ def test_official_defaults_and_a_val_episode_for_small_collections():
 
 @pytest.mark.parametrize("name", ["antmaze-large-navigate-v0", "humanoidmaze-medium-navigate-v0",
                                   "antsoccer-arena-navigate-v0", "cube-single-navigate-v0",
-                                  "pointmaze-medium-play-v0", "cube-quadruple-play-v0", "cube-single-play-v1"])
+                                  "pointmaze-medium-play-v0", "cube-octuple-play-v0", "cube-single-play-v1"])
 def test_unsupported_names(name, tmp_path):
     with pytest.raises(common.UsageError, match="(?i)supported") as e:
         collect.main(collect.Args(name, data_dir=str(tmp_path)))
@@ -162,3 +162,10 @@ def test_cells_at_distance():
     assert sorted(collect.cells_at_distance(m, (1, 1), 3)) == [(1, 4), (2, 3)]
     free, vertex = collect.maze_cells(m)
     assert len(free) == 7 and (1, 2) not in vertex and (1, 1) in vertex and (3, 3) in vertex
+
+
+def test_cube_quadruple_has_the_official_defaults():
+    """OGBench's commands.sh: 5000 episodes of 1001 steps; its script stacks with p ~ U(0.1, 0.5) per episode."""
+    cfg = collect.make_config(collect.Args("cube-quadruple-noisy-v0"))
+    assert (cfg["num_episodes"], cfg["max_episode_steps"], cfg["p_random_action"]) == (5000, 1001, 0.1)
+    assert collect.P_STACK["cube-quadruple"] == (0.1, 0.5)

@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = ("fql", "driftql", "dfp", "qam", "deflow")
-SHARED_FILES = ("common.py", "loaders.py", "plumbing.py", "runfiles.py", "visual.py")
+SHARED_FILES = ("common.py", "loaders.py", "plumbing.py", "runfiles.py", "shards.py", "visual.py")
 PIXELS = ("fql", "driftql", "deflow")  # the scripts whose official code has the visual hooks (visual.py)
 # blocks that more than one script defines and that must stay the same text, so that `diff fql.py driftql.py` shows
 # only the method
