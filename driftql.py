@@ -326,8 +326,10 @@ def td_target(rewards, masks, next_q, discount: float) -> torch.Tensor:
 
 def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
     """target <- tau * source + (1 - tau) * target, in place."""
-    with torch.no_grad():  # one call for all the tensors: one kernel per group of them on a GPU, not one each
-        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+    targets = list(target.parameters())
+    if targets:  # one call for all the tensors: one kernel per group of them on a GPU, not one each
+        with torch.no_grad():
+            torch._foreach_lerp_(targets, list(source.parameters()), tau)
 
 
 def frozen(module: nn.Module):
