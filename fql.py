@@ -31,7 +31,7 @@ Deviations from the official code:
      5K), so the papers' commands pass them. Chunk batches come uniformly from the whole replay (official), so
      --balanced-sampling is refused with h > 1; acfql ignores normalize_q_loss, this file keeps FQL's. The
      best-of-n agent allocates no one-step actor (acfql builds one and never trains it). The 100M-transition
-     cube-quadruple datasets (--ogbench_dataset_dir) are not supported.
+     cube-quadruple folders train through --dataset-dir (docs/shards.md).
 Speed flags (--compile, --precision bf16) are the same in all five scripts: README, "Benchmark". Under bf16
 this file keeps the losses, TD targets and LayerNorms in fp32.
 Pixels (visual-* ids; --encoder impala_small --p-aug --frame-stack, the official hooks): visual.py, docs/visual.md.
