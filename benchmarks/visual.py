@@ -2,8 +2,10 @@
 take at that rate, and the memory of a visual dataset per million transitions. Prints a table and writes
 results/visual/bench.json (the numbers docs/visual.md quotes).
 
-    python benchmarks/visual.py            # about 2-4 minutes on a loaded 2-core machine
+    python benchmarks/visual.py            # under a minute idle, 2-4 minutes on a loaded 2-core machine
+    python benchmarks/visual.py --note "..."   # a word on the machine's state, kept in bench.json
 """
+import argparse
 import json
 import os
 import subprocess
@@ -31,7 +33,7 @@ def render_rate(backend: str, steps: int = 40) -> float:
     return float(r.stdout.split()[-1]) if r.returncode == 0 and r.stdout.strip() else None
 
 
-def main() -> dict:
+def main(note: str = "") -> dict:
     import gymnasium as gym
     import numpy as np
     import ogbench  # noqa: F401  (registers the envs)
@@ -48,7 +50,7 @@ def main() -> dict:
     per_transition = 8 + 8 + 4 * 5 + 4 * 3  # rows, starts (int64), actions (5 x fp32), rewards, masks, terminals
     frames = frame_bytes * n * (ep + 1) // ep
     out = {
-        "machine": f"{os.cpu_count()} cores, load average {load:.1f} at the start (two background trainings)",
+        "machine": f"{os.cpu_count()} cores, load average {load:.1f} at the start" + (f" ({note})" if note else ""),
         "steps_per_s": rates, "backend": best[1],
         "collection_hours_1000x1001": 1000 * 1001 / best[0] / 3600,
         "eval_50_episodes_s": 50 * horizon / best[0], "eval_horizon": horizon,
@@ -66,6 +68,8 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--note", default="", help="the machine's state, e.g. what else ran (the 1-min load lags)")
     t = time.time()
-    main()
+    main(parser.parse_args().note)
     print(f"({time.time() - t:.0f} s)")
