@@ -1,10 +1,11 @@
 """Learning curves and final scores from run folders: the folders the five scripts write, each with eval.csv and
 args.json.
 
-Runs are grouped by script, task (--env-id) and flags. The seed and the bookkeeping flags (BOOKKEEPING: run folder,
-experiment name, --resume, device, logging, evaluation schedule, step budget) are set aside, and the folders of one
-seed (a run and its --resume continuations) are joined in step order. When a run also evaluated the flow-BC baseline
-(--eval-bc-flow), that baseline is a method of its own, "<script>: flow BC".
+Runs are grouped by script, task (--env-id) and flags; a group is named by the flags that tell it from the script's
+other groups on the task where it sets them away from their default ("fql --horizon 5"). The seed and the bookkeeping
+flags (BOOKKEEPING: run folder, experiment name, --resume, device, logging, evaluation schedule, step budget) are set
+aside, and the folders of one seed (a run and its --resume continuations) are joined in step order. When a run also
+evaluated the flow-BC baseline (--eval-bc-flow), that baseline is a method of its own, "<script>: flow BC".
 - One PNG per task: the mean over seeds at every evaluation step, with a 95 % bootstrap band where 3 or more seeds
   have it.
 - A markdown table of final scores (printed and written to final_scores.md): the final score of a run is the mean of
@@ -120,7 +121,7 @@ def group_series(runs: list, override: Optional[str]) -> tuple:
     """-> series {(task, method): {seed: {step: value}}}, the metric of each task, the commits of each (task,
     method) (`run.commit` of args.json, short; '?' for a run folder that did not record it) and the run folders of
     each (task, method). The method is the script, plus the flags that differ between that script's groups on the task
-    (the seed and BOOKKEEPING aside)."""
+    (the seed and BOOKKEEPING aside) where the group sets them away from the script's default: the flags one types."""
     by_task = defaultdict(list)
     for r in runs:
         by_task[r["args"]["env_id"]].append(r)
@@ -134,9 +135,11 @@ def group_series(runs: list, override: Optional[str]) -> tuple:
             mine = [r for r in task_runs if r["args"]["script"] == script]
             varying = sorted(k for k in set().union(*(flags[id(r)] for r in mine))
                              if len({json.dumps(flags[id(r)].get(k)) for r in mine}) > 1)
+            default = script_defaults(script)  # a label names the varying flags a run sets away from the default
             # a run and its --resume continuations: the later folder wins where their steps overlap
             for r in sorted(mine, key=lambda r: (r["cols"]["step"][0], str(r["dir"]))):
-                method = " ".join([script] + [fmt_flag(k, flags[id(r)].get(k)) for k in varying])
+                method = " ".join([script] + [fmt_flag(k, flags[id(r)].get(k)) for k in varying
+                                              if k not in default or flags[id(r)].get(k) != default[k]])
                 members[task, method].append({**r, "flags": flags[id(r)]})
                 for name, col in ((method, metric), (f"{method}: flow BC", f"bc_flow_{metric}")):
                     if col in r["cols"] and not np.isnan(r["cols"][col]).all():  # blank: not evaluated there

@@ -60,15 +60,15 @@ def runs(tmp_path):
 def test_runs_are_grouped_by_script_task_and_flags_and_scored_exactly(runs, tmp_path, capsys):
     out = plot.main(plot.Args(folders=(str(runs),), out=str(tmp_path / "fig"), resamples=500))
     table = {(r["task"], r["method"]): r for r in out["table"]}
-    assert set(table) == {(CUBE, "fql --alpha 10.0"), (CUBE, "fql --alpha 10.0: flow BC"), (CUBE, "fql --alpha 300.0"),
+    assert set(table) == {(CUBE, "fql"), (CUBE, "fql: flow BC"), (CUBE, "fql --alpha 300.0"),
                           (CUBE, "driftql"), ("bandit-4gaussian", "fql")}
-    fql10 = table[CUBE, "fql --alpha 10.0"]
+    fql10 = table[CUBE, "fql"]
     # last 3 evaluations per seed: 0.4, 0.6, 0.5 -> mean 0.5 over 3 seeds
     assert fql10["metric"] == "success_rate" and fql10["seeds"] == 3 and fql10["steps"] == "40"
     np.testing.assert_allclose(fql10["finals"], [0.4, 0.6, 0.5])
     assert fql10["mean"] == pytest.approx(0.5)
     assert 0.4 <= fql10["ci"][0] < 0.5 < fql10["ci"][1] <= 0.6
-    assert table[CUBE, "fql --alpha 10.0: flow BC"]["mean"] == pytest.approx((0.1 + 0.1 + 0.4 / 3) / 3)
+    assert table[CUBE, "fql: flow BC"]["mean"] == pytest.approx((0.1 + 0.1 + 0.4 / 3) / 3)
     # the resumed seed is one run of 5 evaluations: last 3 = 0.5, 0.9, 1.0
     fql300 = table[CUBE, "fql --alpha 300.0"]
     assert fql300["seeds"] == 1 and fql300["mean"] == pytest.approx(0.8) and np.isnan(fql300["ci"][0])
@@ -78,7 +78,7 @@ def test_runs_are_grouped_by_script_task_and_flags_and_scored_exactly(runs, tmp_
     assert bandit["metric"] == "episodic_return" and bandit["mean"] == pytest.approx(4.5)
     # the printed markdown table carries the same numbers, and so does final_scores.md
     printed = capsys.readouterr().out
-    assert f"| {CUBE} | fql --alpha 10.0 | success_rate | 0.500 | [" in printed
+    assert f"| {CUBE} | fql | success_rate | 0.500 | [" in printed
     assert f"| {CUBE} | fql --alpha 300.0 | success_rate | 0.800 | runs: 0.800 | 1: 0 | 40 | ? |" in printed  # no CI
     assert "| 3: 0, 1, 2 | 40 | ? |" in printed  # seeds and code (these folders recorded no commit)
     assert "note: bandit-4gaussian, fql: fewer than --last 3 evaluations after step 1 for seed(s) 0 (1)" in printed
@@ -86,9 +86,10 @@ def test_runs_are_grouped_by_script_task_and_flags_and_scored_exactly(runs, tmp_
     table_lines = "\n".join(line for line in final_scores.splitlines() if line.startswith("|"))
     assert (tmp_path / "fig" / "final_scores.md").read_text().strip() == table_lines
     # aggregate: the IQM of the pooled finals, a CI around it
-    agg = {r["method"]: r for r in out["aggregate"]}
-    assert agg["fql --alpha 10.0"]["iqm"] == pytest.approx(0.5) and agg["fql"]["iqm"] == pytest.approx(4.5)
-    lo, hi = agg["fql --alpha 10.0"]["ci"]
+    agg = {(r["method"], r["metric"]): r for r in out["aggregate"]}  # "fql" on both tasks, never pooled across metrics
+    assert agg["fql", "success_rate"]["iqm"] == pytest.approx(0.5)
+    assert agg["fql", "episodic_return"]["iqm"] == pytest.approx(4.5)
+    lo, hi = agg["fql", "success_rate"]["ci"]
     assert 0.4 <= lo <= 0.5 <= hi <= 0.6
     for name in (CUBE, "bandit-4gaussian", "aggregate"):
         png = tmp_path / "fig" / f"{name}.png"
@@ -140,8 +141,7 @@ def test_a_run_from_before_a_flag_existed_groups_with_the_runs_at_its_default(tm
     write_run(root, "new", fql, rows(steps, success_rate=[0, .4, .6]), env_id=CUBE, seed=1, precision="fp32")
     write_run(root, "bf16", fql, rows(steps, success_rate=[0, .1, .1]), env_id=CUBE, seed=0, precision="bf16")
     series, _, _, _ = plot.group_series(plot.read_runs((str(root),)), None)
-    assert {m: sorted(s) for (_, m), s in series.items()} == {"fql --precision fp32": [0, 1],
-                                                                "fql --precision bf16": [0]}
+    assert {m: sorted(s) for (_, m), s in series.items()} == {"fql": [0, 1], "fql --precision bf16": [0]}
 
 
 def test_the_aggregate_never_pools_two_metrics(runs, tmp_path):
@@ -170,7 +170,7 @@ def test_online_runs_get_a_row_with_the_switch_their_control_and_the_episodes_at
     out = plot.main(plot.Args(folders=(str(root),), out=str(tmp_path / "fig"), resamples=50))
     (row,) = out["online"]
     assert row["row"]["method"] == "fql --balanced-sampling --online-steps 20"
-    assert row["control"]["method"] == "fql --no-balanced-sampling --online-steps 0"
+    assert row["control"]["method"] == "fql"  # its flags at their defaults
     assert row["switch"] == [20] and row["at_switch"] == pytest.approx(0.4)  # seeds at step 20: 0.4, 0.4
     assert row["row"]["mean"] == pytest.approx(np.mean([.6, .8]))  # last 3 after step 1, averaged over seeds
     assert row["control"]["mean"] == pytest.approx(np.mean([.1, .3]))
