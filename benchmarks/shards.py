@@ -10,6 +10,7 @@ mark, which counts the memory-mapped cache pages the process touched).
 
     python benchmarks/shards.py --steps 45 --interval 15 --out docs/figures/shards.md   # 1M-transition shards
     python benchmarks/shards.py --episodes 20 --steps 40                      # a quick look
+    python benchmarks/shards.py --rows prefetch100 uniform                     # only some rows
 """
 import argparse
 import json
@@ -92,6 +93,17 @@ def child(folder, mode, steps, interval, hidden) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# row -> (shard folder, mode, memory row: runs only to two swaps instead of --steps); NAMES: its name in the table
+ROWS = {"sync10": ("k10", "sync", False), "prefetch10": ("k10", "prefetch", False),
+        "prefetch2": ("k2", "prefetch", True), "prefetch100": ("k100", "prefetch", True),
+        "uniform": ("u10", "uniform", False)}
+NAMES = {"sync10": "rotation, official synchronous read, 10 shards",
+         "prefetch10": "rotation, read-ahead thread (ours), 10 shards",
+         "prefetch2": "rotation, read-ahead thread (ours), 2 shards",
+         "prefetch100": "rotation, read-ahead thread (ours), 100 shards",
+         "uniform": "uniform (extension), 10 shards of a tenth the size"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--episodes", type=int, default=1000, help="episodes per shard (1000 = 1M transitions, official)")
@@ -101,6 +113,7 @@ def main() -> None:
     p.add_argument("--dir", default=None, help="where to write the shards (default: a temp folder, removed)")
     p.add_argument("--out", default=None, help="also write the table to this markdown file")
     p.add_argument("--from-log", default=None, help="only write the table of the rows a stopped run printed to this log")
+    p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="run only these rows (default: all)")
     p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.from_log:  # the rows are the printed tuples; the command is the log's first line
@@ -127,17 +140,11 @@ def main() -> None:
         write_synthetic_shards(os.path.join(tmp, "u10"), "cube-quadruple", 10, max(1, a.episodes // 10))
         print(f"wrote the shards in {time.time() - t0:.0f} s", flush=True)
         rows = []
-        for mode in ("sync", "prefetch"):
-            r = child(os.path.join(tmp, "k10"), mode, a.steps, a.interval, a.hidden)
-            rows.append((f"rotation, {'official synchronous read' if mode == 'sync' else 'read-ahead thread (ours)'}"
-                         f", 10 shards", r))
+        for key in a.rows:
+            folder, mode, memory_row = ROWS[key]
+            steps = 2 * a.interval + 3 if memory_row else a.steps
+            rows.append((NAMES[key], child(os.path.join(tmp, folder), mode, steps, a.interval, a.hidden)))
             print(rows[-1], flush=True)
-        for k in (2, 100):
-            r = child(os.path.join(tmp, f"k{k}"), "prefetch", 2 * a.interval + 3, a.interval, a.hidden)
-            rows.append((f"rotation, read-ahead thread (ours), {k} shards", r))
-            print(rows[-1], flush=True)
-        r = child(os.path.join(tmp, "u10"), "uniform", a.steps, a.interval, a.hidden)
-        rows.append(("uniform (extension), 10 shards of a tenth the size", r))
     write_table(rows, a.out, " ".join(sys.argv[1:]))
 
 
@@ -153,9 +160,9 @@ def write_table(rows: list, out: str, command: str) -> None:
     if out:
         import platform
 
-        head = (f"# `benchmarks/shards.py`\n\nCommand: `python benchmarks/shards.py {command}`\n\n"
-                f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, CPU only "
-                f"(torch {__import__('torch').__version__}), load average {os.getloadavg()[0]:.1f} at the end.\n\n")
+        head = (f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, CPU only "
+                f"(torch {__import__('torch').__version__}), load average {os.getloadavg()[0]:.1f} at the end\n"
+                f"- command: `python benchmarks/shards.py {command}`\n\n")
         with open(out, "w") as f:
             f.write(head + table + "\n")
 
