@@ -27,7 +27,7 @@ Deviations from the official code:
      keeps both tied best modes as the paper's Fig. 1 shows, which the official single positive does not.
   8. Settings that no README command or config changes are constants, not flags: distance scaling by sqrt(A) (on),
      drift normalisation (off), drift batch = the whole batch (official drift_batch_size 256 = batch_size),
-     mean ensemble aggregation in the actor's Q term (official q_agg_actor), no image encoder.
+     mean ensemble aggregation in the actor's Q term (official q_agg_actor).
   9. --offline-steps defaults to 500K on D4RL/Minari as the paper reports; the official flag default is 1M on every
      task and no command overrides it. Pass --eval-episodes 100 (D4RL antmaze) or 10 (Adroit) as the configs do.
  10. Logs FQL's diagnostic `mse` (Q-term sample vs dataset action) in addition to the official metrics.

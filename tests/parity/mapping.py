@@ -1,8 +1,9 @@
 """The one place that knows how the official flax parameter trees map onto our torch modules.
 
 An entry ties one flax leaf (path 'modules_<name>/.../<leaf>') to one torch parameter (its name in our ModuleDict)
-with a layout: 'T' (flax Dense kernel [in, out] is our Linear weight [out, in]) or 'same' (same numbers, maybe a
-different shape, e.g. our batched critic's bias [num_qs, 1, out] is flax's vmapped [num_qs, out]).
+with a layout: 'T' (flax Dense kernel [in, out] is our Linear weight [out, in]), 'conv' (flax Conv kernel [kh, kw, in,
+out] is our Conv2d weight [out, in, kh, kw]) or 'same' (same numbers, maybe a different shape, e.g. our batched
+critic's bias [num_qs, 1, out] is flax's vmapped [num_qs, out]).
 Each script's list is built from the module builders below; `check_complete` makes sure that no flax leaf and no
 torch parameter is left out, so a layout change (another critic layout, a new network) fails until mapped here.
 """
@@ -17,7 +18,7 @@ import torch.nn as nn
 class Entry:
     path: str  # flax path, '/'-joined
     torch_name: str  # name in nets.named_parameters()
-    layout: str  # 'T' or 'same'
+    layout: str  # 'T', 'conv' or 'same'
 
     @property
     def module(self) -> str:
@@ -60,13 +61,37 @@ def critic(flax_prefix: str, torch_prefix: str, module: nn.Module) -> list:
     return out
 
 
+def impala(flax_prefix: str, torch_prefix: str, module: nn.Module) -> list:
+    """Our visual.ImpalaEncoder <-> the official `ImpalaEncoder` (utils/encoders.py): stack i is stack_blocks_i, its
+    first conv Conv_0 and block j's two convs Conv_{2j+1}, Conv_{2j+2}; the Dense layer is MLP_0/Dense_0."""
+    out = []
+    for i, stack in enumerate(module.stacks):
+        for j, conv in enumerate([stack.conv] + [c for block in stack.blocks for c in block]):
+            name = f"stacks.{i}." + ("conv" if j == 0 else f"blocks.{(j - 1) // 2}.{(j - 1) % 2}")
+            out += [Entry(f"{flax_prefix}/stack_blocks_{i}/Conv_{j}/kernel", f"{torch_prefix}.{name}.weight", "conv"),
+                    Entry(f"{flax_prefix}/stack_blocks_{i}/Conv_{j}/bias", f"{torch_prefix}.{name}.bias", "same")]
+    return out + [Entry(f"{flax_prefix}/MLP_0/Dense_0/kernel", f"{torch_prefix}.dense.weight", "T"),
+                  Entry(f"{flax_prefix}/MLP_0/Dense_0/bias", f"{torch_prefix}.dense.bias", "same")]
+
+
+def encoders(nets, flax_paths: dict) -> list:
+    """The encoder of each network that has one (--encoder): {our network: official encoder path}. The critic's
+    one is shared by its ensemble members; a network that the official agent also calls as '<name>_encoder' (FQL's
+    and DeFlow's BC flow, DriftQL's generator) holds its encoder under that top-level module."""
+    return [e for name, path in flax_paths.items() if hasattr(nets[name], "encoder")
+            for e in impala(path, f"{name}.encoder", nets[name].encoder)]
+
+
 # ---------------------------------------------------------------------------------------------------- per script
 def fql(nets) -> list:
     """fql.py (and the FQL agents of DriftQL's and QC's repositories)."""
     return (critic("modules_critic/value_net", "critic", nets["critic"])
             + critic("modules_target_critic/value_net", "target_critic", nets["target_critic"])
             + mlp("modules_actor_bc_flow/mlp", "actor_bc_flow.net", nets["actor_bc_flow"].net)
-            + mlp("modules_actor_onestep_flow/mlp", "actor_onestep_flow.net", nets["actor_onestep_flow"].net))
+            + mlp("modules_actor_onestep_flow/mlp", "actor_onestep_flow.net", nets["actor_onestep_flow"].net)
+            + encoders(nets, dict(critic="modules_critic/encoder", target_critic="modules_target_critic/encoder",
+                                  actor_bc_flow="modules_actor_bc_flow_encoder",
+                                  actor_onestep_flow="modules_actor_onestep_flow/encoder")))
 
 
 def acfql(nets) -> list:
@@ -84,7 +109,9 @@ def driftql(nets) -> list:
     """driftql.py: the generator is the official `actor_bc_drift` (an ActorVectorField without time input)."""
     return (critic("modules_critic/value_net", "critic", nets["critic"])
             + critic("modules_target_critic/value_net", "target_critic", nets["target_critic"])
-            + mlp("modules_actor_bc_drift/mlp", "actor_bc_drift.net", nets["actor_bc_drift"].net))
+            + mlp("modules_actor_bc_drift/mlp", "actor_bc_drift.net", nets["actor_bc_drift"].net)
+            + encoders(nets, dict(critic="modules_critic/encoder", target_critic="modules_target_critic/encoder",
+                                  actor_bc_drift="modules_actor_bc_drift_encoder")))
 
 
 def deflow(nets) -> list:
@@ -93,10 +120,17 @@ def deflow(nets) -> list:
             + critic("modules_target_critic/value_net", "target_critic", nets["target_critic"])
             + mlp("modules_actor_bc_flow/mlp", "actor_bc_flow.net", nets["actor_bc_flow"].net)
             + mlp("modules_refine_onestep_flow/mlp", "refine_onestep_flow.net", nets["refine_onestep_flow"].net)
-            + [Entry("modules_log_alpha/value", "log_alpha.value", "same")])
+            + [Entry("modules_log_alpha/value", "log_alpha.value", "same")]
+            + encoders(nets, dict(critic="modules_critic/encoder", target_critic="modules_target_critic/encoder",
+                                  actor_bc_flow="modules_actor_bc_flow_encoder",
+                                  refine_onestep_flow="modules_refine_onestep_flow/encoder")))
 
 
 # ---------------------------------------------------------------------------------------------------- use
+TO_TORCH = dict(T=lambda a: a.T, conv=lambda a: a.transpose(3, 2, 0, 1), same=lambda a: a)  # flax -> our layout
+TO_FLAX = dict(T=lambda a: a.T, conv=lambda a: a.transpose(2, 3, 1, 0), same=lambda a: a)
+
+
 def check_complete(entries: list, flax_params, nets: nn.Module, official_only=()):
     """Every flax leaf and every torch parameter appears in exactly one entry, with the same number of values.
     official_only: flax modules we do not build (e.g. acfql's untrained one-step actor under best-of-n)."""
@@ -118,8 +152,7 @@ def load(entries: list, flax_params, nets: nn.Module):
     with torch.no_grad():
         for e in entries:
             p, a = params[e.torch_name], leaves[e.path]
-            a = a.T if e.layout == "T" else a
-            p.copy_(torch.as_tensor(np.ascontiguousarray(a)).reshape(p.shape))
+            p.copy_(torch.as_tensor(np.ascontiguousarray(TO_TORCH[e.layout](a))).reshape(p.shape))
 
 
 def torch_view(entries: list, tensors: dict) -> dict:
@@ -128,8 +161,7 @@ def torch_view(entries: list, tensors: dict) -> dict:
     out = {}
     for e in entries:
         if e.torch_name in tensors:
-            t = tensors[e.torch_name]
-            out[e.path] = t.detach().cpu().numpy().T if e.layout == "T" else t.detach().cpu().numpy()
+            out[e.path] = TO_FLAX[e.layout](tensors[e.torch_name].detach().cpu().numpy())
     return out
 
 

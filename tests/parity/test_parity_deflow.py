@@ -29,12 +29,12 @@ METRICS = [("critic_loss", "critic/critic_loss"), ("q_mean", "critic/q_mean"), (
            ("alpha_loss", "actor/alpha_loss"), ("alpha_value", "actor/alpha_value"), ("mse", "actor/mse")]
 
 
-def noise_maker(dtype, seed=1):
+def noise_maker(dtype, seed=1, b=B):
     rng = np.random.default_rng(seed)
 
     def make(step):
-        arrays = dict(next=harness.normal(rng, (B, ACT), dtype), x0=harness.normal(rng, (B, ACT), dtype),
-                      t=harness.uniform(rng, (B, 1), dtype), z=harness.normal(rng, (B, ACT), dtype))
+        arrays = dict(next=harness.normal(rng, (b, ACT), dtype), x0=harness.normal(rng, (b, ACT), dtype),
+                      t=harness.uniform(rng, (b, 1), dtype), z=harness.normal(rng, (b, ACT), dtype))
         # the official `mse` draws a third policy sample; ours reuses the refined actions of z (deviation 6):
         # feeding it z again makes the two the same quantity
         return harness.Noise(arrays, ours=["next", "x0", "t", "z"], theirs=["next", "x0", "t", "z", "z"])

@@ -26,12 +26,12 @@ METRICS = [("critic_loss", "critic/critic_loss"), ("q_mean", "critic/q_mean"), (
            ("q_loss", "actor/q_loss"), ("q", "actor/q")]
 
 
-def noise_maker(dtype, noise_dim, n, seed=1):
+def noise_maker(dtype, noise_dim, n, seed=1, b=B):
     rng = np.random.default_rng(seed)
 
     def make(step):  # both sides: TD-target sample at s', the N drift samples per state, the Q-term sample
-        arrays = dict(next=harness.normal(rng, (B, noise_dim), dtype),
-                      gen=harness.normal(rng, (B * n, noise_dim), dtype), qz=harness.normal(rng, (B, noise_dim), dtype))
+        arrays = dict(next=harness.normal(rng, (b, noise_dim), dtype),
+                      gen=harness.normal(rng, (b * n, noise_dim), dtype), qz=harness.normal(rng, (b, noise_dim), dtype))
         return harness.Noise(arrays, ours=["next", "gen", "qz"], theirs=["next", "gen", "qz"])
     return make
 

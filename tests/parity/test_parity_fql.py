@@ -21,12 +21,12 @@ METRICS = [("critic_loss", "critic/critic_loss"), ("q_mean", "critic/q_mean"), (
            ("mse", "actor/mse")]
 
 
-def noise_maker(dtype, seed=1):
+def noise_maker(dtype, seed=1, b=B):
     rng = np.random.default_rng(seed)
 
     def make(step):
-        arrays = dict(next=harness.normal(rng, (B, ACT), dtype), x0=harness.normal(rng, (B, ACT), dtype),
-                      t=harness.uniform(rng, (B, 1), dtype), z=harness.normal(rng, (B, ACT), dtype))
+        arrays = dict(next=harness.normal(rng, (b, ACT), dtype), x0=harness.normal(rng, (b, ACT), dtype),
+                      t=harness.uniform(rng, (b, 1), dtype), z=harness.normal(rng, (b, ACT), dtype))
         # the official `mse` diagnostic samples the one-step policy with fresh noise; ours reuses the distillation
         # noise z: feeding it z again makes the two the same quantity
         return harness.Noise(arrays, ours=["next", "x0", "t", "z"], theirs=["next", "x0", "t", "z", "z"])
