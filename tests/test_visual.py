@@ -230,10 +230,10 @@ def test_trains_and_evaluates_on_pixels(script, vis_dir, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------- official code
-OFFICIAL = os.environ.get("FQL_OFFICIAL_REPO")  # a checkout of seohongpark/fql (719d044) and jax/flax installed
+OFFICIAL = os.environ.get("OFFICIAL_FQL")  # a checkout of seohongpark/fql (719d044) and jax/flax installed
 
 
-@pytest.mark.skipif(not OFFICIAL, reason="set FQL_OFFICIAL_REPO to a checkout of seohongpark/fql (needs jax, flax)")
+@pytest.mark.skipif(not OFFICIAL, reason="set OFFICIAL_FQL to a checkout of seohongpark/fql (needs jax, flax)")
 def test_encoder_and_shift_equal_the_official_code_on_the_same_weights_and_offsets():
     """The official flax `impala_small` with its own initial weights copied into ours gives the same features, and
     the official `batched_random_crop` and ours give the same pixels for the same crop offsets."""
