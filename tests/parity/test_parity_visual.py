@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import sys
 import types
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -35,19 +36,6 @@ SCRIPTS = {  # script -> (variable, official class, our flags, official config, 
                 lambda nets, args: test_parity_driftql.noise_maker(torch.float64, nets["actor_bc_drift"].noise_dim,
                                                                    args.drift_ngen, b=B)),
 }
-
-
-@contextlib.contextmanager
-def fed(module, **fakes):
-    """module.<name> replaced by fakes[name] for the block."""
-    orig = {n: getattr(module, n) for n in fakes}
-    try:
-        for n, f in fakes.items():
-            setattr(module, n, f)
-        yield
-    finally:
-        for n, f in orig.items():
-            setattr(module, n, f)
 
 
 def offsets_drawn(offsets, wrap):
@@ -85,11 +73,11 @@ def pixel_batches(report, dataset_cls, k, seed=0):
                     masks=(rng.random(B) < 0.8).astype(f))
         offsets, coin = rng.integers(0, 2 * visual.PAD + 1, (B, 2)), COINS[step]
         # ours: random_shift draws the offsets, then the coin (torch.rand(()) < p_aug)
-        with fed(torch, randint=offsets_drawn(offsets, torch.as_tensor), rand=lambda *a, **kw: torch.tensor(coin)):
+        with mock.patch.multiple(torch, randint=offsets_drawn(offsets, torch.as_tensor), rand=lambda *a, **kw: torch.tensor(coin)):
             ours = [x.numpy() for x in visual.random_shift([torch.from_numpy(frames["observations"]),
                                                             torch.from_numpy(frames["next_observations"])], P_AUG)]
         # theirs: Dataset.sample draws the coin (np.random.rand() < p_aug), then Dataset.augment the offsets
-        with fed(np.random, randint=offsets_drawn(offsets, np.asarray), rand=lambda: coin):
+        with mock.patch.multiple(np.random, randint=offsets_drawn(offsets, np.asarray), rand=lambda: coin):
             data = dataset_cls.create(**frames, terminals=np.zeros(B), **rest)
             data.p_aug = P_AUG
             theirs = data.sample(B, idxs=np.arange(B))
