@@ -155,7 +155,9 @@ def fmt_flag(name: str, value) -> str:
     flag = "--" + name.replace("_", "-")
     if isinstance(value, bool):
         return flag if value else "--no-" + flag[2:]
-    return f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+    def text(v):  # 50.0 -> 50, 0.001 -> 0.001: as typed
+        return f"{v:g}" if isinstance(v, float) else str(v)
+    return f"{flag} {' '.join(map(text, value if isinstance(value, list) else [value]))}"
 
 
 # ---------------------------------------------------------------------------------------------------- statistics

@@ -60,7 +60,7 @@ def runs(tmp_path):
 def test_runs_are_grouped_by_script_task_and_flags_and_scored_exactly(runs, tmp_path, capsys):
     out = plot.main(plot.Args(folders=(str(runs),), out=str(tmp_path / "fig"), resamples=500))
     table = {(r["task"], r["method"]): r for r in out["table"]}
-    assert set(table) == {(CUBE, "fql"), (CUBE, "fql: flow BC"), (CUBE, "fql --alpha 300.0"),
+    assert set(table) == {(CUBE, "fql"), (CUBE, "fql: flow BC"), (CUBE, "fql --alpha 300"),
                           (CUBE, "driftql"), ("bandit-4gaussian", "fql")}
     fql10 = table[CUBE, "fql"]
     # last 3 evaluations per seed: 0.4, 0.6, 0.5 -> mean 0.5 over 3 seeds
@@ -70,7 +70,7 @@ def test_runs_are_grouped_by_script_task_and_flags_and_scored_exactly(runs, tmp_
     assert 0.4 <= fql10["ci"][0] < 0.5 < fql10["ci"][1] <= 0.6
     assert table[CUBE, "fql: flow BC"]["mean"] == pytest.approx((0.1 + 0.1 + 0.4 / 3) / 3)
     # the resumed seed is one run of 5 evaluations: last 3 = 0.5, 0.9, 1.0
-    fql300 = table[CUBE, "fql --alpha 300.0"]
+    fql300 = table[CUBE, "fql --alpha 300"]
     assert fql300["seeds"] == 1 and fql300["mean"] == pytest.approx(0.8) and np.isnan(fql300["ci"][0])
     assert table[CUBE, "driftql"]["mean"] == pytest.approx(0.3) and table[CUBE, "driftql"]["seeds"] == 2
     bandit = table["bandit-4gaussian", "fql"]
@@ -79,7 +79,7 @@ def test_runs_are_grouped_by_script_task_and_flags_and_scored_exactly(runs, tmp_
     # the printed markdown table carries the same numbers, and so does final_scores.md
     printed = capsys.readouterr().out
     assert f"| {CUBE} | fql | success_rate | 0.500 | [" in printed
-    assert f"| {CUBE} | fql --alpha 300.0 | success_rate | 0.800 | runs: 0.800 | 1: 0 | 40 | ? |" in printed  # no CI
+    assert f"| {CUBE} | fql --alpha 300 | success_rate | 0.800 | runs: 0.800 | 1: 0 | 40 | ? |" in printed  # no CI
     assert "| 3: 0, 1, 2 | 40 | ? |" in printed  # seeds and code (these folders recorded no commit)
     assert "note: bandit-4gaussian, fql: fewer than --last 3 evaluations after step 1 for seed(s) 0 (1)" in printed
     final_scores = printed.split("bandit.md:")[0]  # then the bandit's table
@@ -189,3 +189,12 @@ def test_bandit_runs_get_their_fractions_at_the_last_evaluation(runs, tmp_path):
     assert (row["method"], row["seeds"], row["step"]) == ("fql", [0, 1], 5000)
     assert row["frac_right"] == pytest.approx(0.6) and row["episodic_return"] == pytest.approx(3.0)
     assert "| bandit-4gaussian | fql | 2: 0, 1 | 5000 | 0.600 | 3.00 |" in (tmp_path / "fig" / "bandit.md").read_text()
+
+
+def test_a_flag_in_a_label_is_written_as_typed():
+    assert plot.fmt_flag("alpha", 50.0) == "--alpha 50"
+    assert plot.fmt_flag("actor_ema_tau", 0.001) == "--actor-ema-tau 0.001"
+    assert plot.fmt_flag("actor_hidden_dims", [64, 64]) == "--actor-hidden-dims 64 64"
+    assert plot.fmt_flag("drift_temps", [0.2, 1.0]) == "--drift-temps 0.2 1"
+    assert plot.fmt_flag("same_state_positives", False) == "--no-same-state-positives"
+    assert plot.fmt_flag("actor_type", "best-of-n") == "--actor-type best-of-n"
