@@ -269,9 +269,9 @@ def table(args: Args, rows: list, device: torch.device) -> list:
     return lines
 
 
-def write_table(args: Args, head: str, rows: list, load_before: tuple, device: torch.device) -> None:
-    """--out: the table headed by the machine, the commit, the command and the load average before and now."""
-    run = runfiles.provenance()
+def write_table(args: Args, head: str, rows: list, load_before: tuple, device: torch.device, run: dict) -> None:
+    """--out: the table headed by the machine, the commit and the command (`run`, taken before the work, so that the
+    table's own file is not an uncommitted change) and the load average before and now."""
     machine = f"{platform.machine()} {cpu_model()}, {os.cpu_count()} cores"
     meta = [f"- machine: {machine}; {head}",
             f"- commit: {run['commit']}{' (uncommitted changes)' if run['dirty'] else ''}, "
@@ -306,13 +306,13 @@ def main(args: Args) -> list:
     head = (f"torch {torch.__version__}, device {device}{cpu}; synthetic data obs {args.obs_dim}, action "
             f"{args.action_dim}; networks {nets}")
     print(head)
-    load_before = os.getloadavg()
+    load_before, run = os.getloadavg(), runfiles.provenance()
     data = synthetic_data(args.obs_dim, args.action_dim, device)
     rows = []
     for name in args.algos:  # the table is written after every script: a run cut short keeps the rows it has
         rows.append(bench(name, args, device, data))
         if args.out:
-            write_table(args, head, rows, load_before, device)
+            write_table(args, head, rows, load_before, device, run)
     print("\n".join(table(args, rows, device)))
     if args.out:
         print(f"table written to {args.out}")

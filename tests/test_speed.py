@@ -231,6 +231,18 @@ def test_benchmark_times_every_requested_mode(tmp_path):
     assert 100 < row["ops_eager"] < 5000 and row["ops_bf16"] >= row["ops_eager"]
 
 
+def test_the_benchmark_header_names_the_code_as_it_was_before_the_table_was_written(tmp_path, monkeypatch):
+    """The table is rewritten after every script; its own file must not turn the header into 'uncommitted'."""
+    import benchmark
+    states = iter([False] + [True] * 10)  # clean at the start, dirty once the table file exists
+    monkeypatch.setattr(benchmark.runfiles, "provenance",
+                        lambda: dict(commit="c0ffee", dirty=next(states), command="python benchmark.py"))
+    benchmark.main(benchmark.Args(algos=("fql", "deflow"), modes=("eager",), steps=1, act_calls=1, hidden=8,
+                                  device="cpu", obs_dim=5, action_dim=2, out=str(tmp_path / "t.md")))
+    text = (tmp_path / "t.md").read_text()
+    assert "- commit: c0ffee, " in text and "| deflow " in text
+
+
 @pytest.mark.slow
 def test_the_prepared_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     """benchmarks/gpu.sh is the one GPU run a session gets: a dry run here must reach its table (every mode's
