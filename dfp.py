@@ -52,7 +52,7 @@ Where paper and code differ this file follows the code: the Laplace kernel on ba
 doubly normalised, cross-weighted, unit-RMS affinities (the paper's Eq. 3 writes a Gaussian mean shift), the
 per-element mean in the loss (Eq. 4 sums over action dims), the unclipped drift target, the EMA from the first step.
 Speed flags (--compile, --precision bf16) are the same in all five scripts: README, "Benchmark". Under bf16
-this file keeps the losses, TD targets, LayerNorms and the drift field (distances of nearby actions) in fp32.
+this file keeps the critics, losses, TD targets, LayerNorms and the drift field (distances of nearby actions) in fp32.
 The full list, the commands for every task family and the logged metrics are in docs/dfp.md.
 
     python dfp.py --env-id bandit-4gaussian --actor-hidden-dims 64 64 --value-hidden-dims 64 64 --batch-size 64 \\
@@ -229,16 +229,19 @@ class Critic(nn.Module):
         self.norm_biases = stack(norms, "bias", lambda b: b[None])  # [num_qs, 1, h]
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, action], -1)
-        hs = [x.reshape(-1, x.shape[-1])] * len(self.weights[0])  # one [B, in] input per member
-        for l in range(len(self.weights) - 1):  # b + h @ w, GELU, LayerNorm (fp32 under --precision bf16 too)
-            hs = [nn.functional.gelu(torch.addmm(b[0], h, w), approximate="tanh")
-                  for h, w, b in zip(hs, self.weights[l], self.biases[l])]
-            if len(self.norm_weights):
-                hs = [nn.functional.layer_norm(h.float(), h.shape[-1:], w[0], b[0], eps=1e-6)
-                      for h, w, b in zip(hs, self.norm_weights[l], self.norm_biases[l])]
-        q = torch.baddbmm(self.biases[-1], torch.stack(hs), self.weights[-1])  # [num_qs, B, 1]
-        return q.float().reshape(len(self.weights[0]), *x.shape[:-1])
+        # fp32 also under --precision bf16: bf16 keeps 8 bits of a Q near -80 (steps of 0.5), while the critic learns
+        # from TD errors near 1; the actors keep bf16 (README, "Benchmark"; benchmarks/bf16_error.py)
+        with torch.autocast(obs.device.type, enabled=False):
+            x = torch.cat([obs, action], -1).float()
+            hs = [x.reshape(-1, x.shape[-1])] * len(self.weights[0])  # one [B, in] input per member
+            for l in range(len(self.weights) - 1):  # b + h @ w, GELU, LayerNorm
+                hs = [nn.functional.gelu(torch.addmm(b[0], h, w), approximate="tanh")
+                      for h, w, b in zip(hs, self.weights[l], self.biases[l])]
+                if len(self.norm_weights):
+                    hs = [nn.functional.layer_norm(h, h.shape[-1:], w[0], b[0], eps=1e-6)
+                          for h, w, b in zip(hs, self.norm_weights[l], self.norm_biases[l])]
+            q = torch.baddbmm(self.biases[-1], torch.stack(hs), self.weights[-1])  # [num_qs, B, 1]
+        return q.reshape(len(self.weights[0]), *x.shape[:-1])
 
 
 class Generator(nn.Module):

@@ -4,15 +4,19 @@ The same weights, batch and noise go through each candidate quantity twice, in f
 scripts use, and the table gives the relative error |bf16 - fp32| / |fp32| (norms over the batch), its median and
 maximum over --batches batches, and for gradients the cosine between the two. The weights are those of an fp32 run of
 --warmup-steps steps of the script's own `update` on the task, so the critic and the flow are past their initial
-state. Candidates:
+state, or with --checkpoint those of a run's checkpoint (its flags, its task), to measure late in training where
+|Q| is large. Candidates:
 - the TD target y (next action, target critic, aggregation), and its error against the TD error y - Q(s, a) that the
   critic regresses on (Q in fp32 for both); the critic's gradient;
 - FQL: the distillation target (the K-step Euler flow), the one-step actor's output;
 - DriftQL: the generator's samples, and the drift field V built from the bf16 samples against the fp32 field;
-- both: the action gradient of Q at the policy's actions (what the Q term feeds the actor), the actor's gradient.
+- both: the critic's Q(s, a) and its action contrast Q(s, a) - Q(s, pi(s)) (how far the critic tells the data's
+  action from the policy's), the action gradient of Q at the policy's actions (what the Q term feeds the actor), the
+  actor's gradient.
 
     python benchmarks/bf16_error.py --algo fql --out docs/figures/bf16_error_fql.md
     python benchmarks/bf16_error.py --algo driftql --warmup-steps 500 --batches 5 --hidden 64 64
+    python benchmarks/bf16_error.py --algo fql --checkpoint runs/<run>/fql.pt --batches 10
 
 It needs the task's dataset (`python collect.py pointmaze-medium-navigate-v0` for the default task).
 """
@@ -45,6 +49,8 @@ class Args:
     hidden: tuple[int, ...] = (256, 256)
     """actor and critic hidden sizes (the reference check's)"""
     seed: int = 0
+    checkpoint: Optional[str] = None
+    """measure at this checkpoint's weights (a <algo>.pt of a run; its flags and task) instead of a warm-up run"""
     threads: int = 1
     """torch CPU threads"""
     out: Optional[str] = None
@@ -112,6 +118,9 @@ def measure(mod, algo: str, nets, batch, args, noise_seed: int) -> dict:
     with torch.no_grad():  # the critic's regression signal: y's bf16 error against the fp32 TD error
         q32 = nets["critic"](obs, actions)
     pairs["TD error y - Q(s, a), Q in fp32"] = tuple(y - q32 for y in pairs["TD target y"])
+    pairs["critic Q(s, a) at the data's actions"] = both(lambda a: nets["critic"](obs, actions))
+    pairs["action contrast Q(s, a) - Q(s, pi(s))"] = both(
+        lambda a: nets["critic"](obs, actions) - nets["critic"](obs, policy_actions))
     grads_a = []
     for a in (a32, a16):
         x = policy_actions.clone().requires_grad_(True)
@@ -131,12 +140,21 @@ def main(args: Args) -> str:
     torch.set_num_threads(args.threads)
     mod = importlib.import_module(args.algo)
     device = torch.device("cpu")
+    if args.checkpoint:  # a run's weights, flags and task; measured in fp32 against bf16 whatever it trained in
+        payload = runfiles.load_checkpoint(args.checkpoint, args.algo, device)
+        margs = replace(mod.Args(**payload["args"]), precision="fp32", device="cpu")
+        args = replace(args, env_id=margs.env_id, hidden=tuple(margs.value_hidden_dims), warmup_steps=0)
+        origin = f"at {args.checkpoint} (step {payload['step']}, trained in {payload['args'].get('precision')})"
+    else:
+        margs = mod.Args(env_id=args.env_id, actor_hidden_dims=args.hidden, value_hidden_dims=args.hidden,
+                         seed=args.seed, device="cpu")
+        origin = f"after {args.warmup_steps} fp32 steps"
     task = common.load_task(args.env_id, device)
-    margs = mod.Args(env_id=args.env_id, actor_hidden_dims=args.hidden, value_hidden_dims=args.hidden, seed=args.seed,
-                     device="cpu")
     torch.manual_seed(args.seed)
     nets = mod.make_nets(margs, task.train.observations.shape[1], task.train.actions.shape[1]).to(device)
     opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=margs.lr)
+    if args.checkpoint:
+        nets.load_state_dict(payload["nets"])
     for step in range(args.warmup_steps):
         mod.update(nets, opt, task.train.sample(margs.batch_size), margs)
     rows = {}
@@ -150,8 +168,8 @@ def main(args: Args) -> str:
         lines.append(f"| {name} | {np.median(r):.2e} | {r.max():.2e} | {c.min():.6f} |")
     table = "\n".join(lines)
     head = runfiles.provenance()
-    text = (f"{args.algo}, {args.env_id}, {'x'.join(map(str, args.hidden))} networks, after {args.warmup_steps} fp32 "
-            f"steps, {args.batches} batches of {margs.batch_size}; commit {head.get('commit', '?')}"
+    text = (f"{args.algo}, {args.env_id}, {'x'.join(map(str, args.hidden))} networks, {origin}, "
+            f"{args.batches} batches of {margs.batch_size}; commit {head.get('commit', '?')}"
             f"{' (uncommitted changes)' if head.get('dirty') else ''}; torch {torch.__version__}\n\n{table}\n")
     print(text)
     if args.out:

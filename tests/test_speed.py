@@ -179,7 +179,7 @@ def test_compiled_fql_update_with_inductor_and_fused_adam_matches_eager(monkeypa
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_bf16_autocasts_the_matmuls_and_keeps_losses_parameters_and_adam_state_fp32(name):
+def test_bf16_autocasts_the_actors_and_keeps_critics_losses_parameters_and_adam_state_fp32(name):
     mod, args, batch = tiny(name, precision="bf16")
     metrics, nets = steps(mod, args, batch, mod.losses, n=2)
     assert all(v.dtype == torch.float32 for v in metrics[-1].values())  # losses, TD-target-based terms, diagnostics
@@ -187,9 +187,10 @@ def test_bf16_autocasts_the_matmuls_and_keeps_losses_parameters_and_adam_state_f
     fp32, _ = steps(mod, tiny(name)[1], batch, mod.losses, n=2)
     ratio = metrics[-1]["critic_loss"] / fp32[-1]["critic_loss"]
     assert 0.9 < float(ratio) < 1.1 and float(ratio) != 1.0  # bf16 matmuls did run: close to fp32, not equal
+    actions = torch.rand(B, nets["critic"].weights[0].shape[1] - D) * 2 - 1
     with plumbing.autocast("bf16", torch.device("cpu")):
-        y = nets["critic"](batch["observations"], torch.zeros(B, nets["critic"].weights[0].shape[1] - D))
-    assert y.dtype == torch.float32
+        y = nets["critic"](batch["observations"], actions)
+    assert y.dtype == torch.float32 and torch.equal(y, nets["critic"](batch["observations"], actions))  # fp32 critic
 
 
 
