@@ -29,6 +29,7 @@ import csv
 import dataclasses
 import importlib
 import json
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,12 @@ def fmt_flag(name: str, value) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- statistics
+def rng_of(seed: int, *key: str) -> np.random.Generator:
+    """The bootstrap's generator for one row or curve: from --seed and the row's own name, so a row's interval does
+    not move when other runs join the folder."""
+    return np.random.default_rng([seed, zlib.crc32("|".join(key).encode())])
+
+
 def bootstrap_ci(x: np.ndarray, rng: np.random.Generator, resamples: int) -> tuple:
     """95 % percentile-bootstrap CI of the mean of x (seeds resampled with replacement); NaN with fewer than 3 seeds,
     from which no interval is claimed."""
@@ -237,8 +244,8 @@ def bandit_table(members: dict) -> list:
 
 
 # ---------------------------------------------------------------------------------------------------- figures
-def plot_task(path: Path, task: str, metric: str, curves: dict, rng, resamples: int) -> None:
-    """Mean over seeds at every step logged by any seed, with the 95 % bootstrap band where 2 or more seeds have it."""
+def plot_task(path: Path, task: str, metric: str, curves: dict, seed: int, resamples: int) -> None:
+    """Mean over seeds at every step logged by any seed, with the 95 % bootstrap band where 3 or more seeds have it."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -246,6 +253,7 @@ def plot_task(path: Path, task: str, metric: str, curves: dict, rng, resamples: 
         steps = sorted(set().union(*seeds.values()))
         vals = [np.array([s[t] for s in seeds.values() if t in s]) for t in steps]
         mean = np.array([v.mean() for v in vals])
+        rng = rng_of(seed, task, method, "curve")
         band = np.array([bootstrap_ci(v, rng, resamples) for v in vals])
         (line,) = ax.plot(steps, mean, label=f"{method} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
         ax.fill_between(steps, band[:, 0], band[:, 1], color=line.get_color(), alpha=0.2, linewidth=0)
@@ -303,12 +311,11 @@ def main(args: Args) -> dict:
         (out / ".write-test").unlink()
     except OSError as e:
         raise SystemExit(f"error: --out {out} cannot be written ({e.strerror}); pass a folder you can write") from None
-    rng = np.random.default_rng(args.seed)
     series, metrics, commits, members = group_series(read_runs(args.folders), args.metric)
     table = []
     for task in sorted(metrics):
         curves = {m: seeds for (t, m), seeds in sorted(series.items()) if t == task}
-        plot_task(out / f"{task.replace('/', '-')}.png", task, metrics[task], curves, rng, args.resamples)
+        plot_task(out / f"{task.replace('/', '-')}.png", task, metrics[task], curves, args.seed, args.resamples)
         for method, seeds in curves.items():
             counts = {seed: sum(t > 1 for t in s) for seed, s in sorted(seeds.items())}  # evaluations after step 1
             short = {seed: n for seed, n in counts.items() if n < args.last}
@@ -318,14 +325,16 @@ def main(args: Args) -> dict:
             finals = np.array([final_score(s, args.last) for _, s in sorted(seeds.items())])
             last_steps = sorted({max(s) for s in seeds.values()})
             table.append(dict(task=task, method=method, metric=metrics[task], mean=float(finals.mean()),
-                              ci=bootstrap_ci(finals, rng, args.resamples), seeds=len(finals), finals=finals,
+                              ci=bootstrap_ci(finals, rng_of(args.seed, task, method), args.resamples),
+                              seeds=len(finals), finals=finals,
                               seed_ids=sorted(seeds), commits=sorted(c[:7] for c in commits[task, method]),
                               steps=f"{last_steps[0]}" + (f"-{last_steps[-1]}" if len(last_steps) > 1 else "")))
     aggregate = []
     for method, metric in sorted({(r["method"], r["metric"]) for r in table}):  # never pool two metrics
         per_task = [r["finals"] for r in table if (r["method"], r["metric"]) == (method, metric)]
+        ci = stratified_bootstrap_ci(per_task, rng_of(args.seed, method, metric), args.resamples)
         aggregate.append(dict(method=method, metric=metric, iqm=iqm(np.concatenate(per_task)), tasks=len(per_task),
-                              runs=sum(map(len, per_task)), ci=stratified_bootstrap_ci(per_task, rng, args.resamples)))
+                              runs=sum(map(len, per_task)), ci=ci))
     plot_aggregate(out / "aggregate.png", aggregate, len(metrics))
     fmt = lambda x: "–" if np.isnan(x) else f"{x:.3f}"  # noqa: E731
     spread = lambda r: f"[{fmt(r['ci'][0])}, {fmt(r['ci'][1])}]" if r["seeds"] >= 3 else \

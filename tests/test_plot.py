@@ -198,3 +198,16 @@ def test_a_flag_in_a_label_is_written_as_typed():
     assert plot.fmt_flag("drift_temps", [0.2, 1.0]) == "--drift-temps 0.2 1"
     assert plot.fmt_flag("same_state_positives", False) == "--no-same-state-positives"
     assert plot.fmt_flag("actor_type", "best-of-n") == "--actor-type best-of-n"
+
+
+def test_a_rows_ci_does_not_move_when_other_runs_join_the_folder(runs, tmp_path):
+    """Each row draws its bootstrap from --seed and its own name: adding another method's seeds (here a third DriftQL
+    seed, which gives DriftQL a CI of its own) leaves FQL's interval as it was."""
+    ci = lambda: {(r["task"], r["method"]): r["ci"] for r in plot.main(plot.Args(  # noqa: E731
+        folders=(str(runs),), out=str(tmp_path / "fig"), resamples=200))["table"]}
+    before = ci()
+    write_run(runs, "cube__driftql__2", driftql, rows([1, 10, 20, 30, 40], success_rate=[0, .1, .3, .1, .2],
+              episodic_return=[-1] * 5), env_id=CUBE, seed=2)
+    after = ci()
+    assert np.isnan(before[CUBE, "driftql"][0]) and not np.isnan(after[CUBE, "driftql"][0])
+    assert after[CUBE, "fql"] == before[CUBE, "fql"] and after[CUBE, "fql: flow BC"] == before[CUBE, "fql: flow BC"]
