@@ -31,7 +31,7 @@ Deviations from the official code:
  10. --online-steps runs the official main.py online loop through common.Collector; the training env's first reset
      is seeded from --seed (official: unseeded); collected episodes are logged as online/* (official: exploration/*).
 Speed flags (--compile, --precision bf16) are the same in all five scripts: README, "Benchmark". Under bf16
-this file keeps the critics, losses, TD targets and LayerNorms in fp32.
+this file keeps the critics (a pixel encoder aside), losses, TD targets and LayerNorms in fp32.
 Pixels (visual-* ids; --encoder impala_small --p-aug --frame-stack, the official hooks): visual.py, docs/visual.md.
 The full list, the commands for every task family and the logged metrics are in docs/deflow.md.
 

@@ -37,7 +37,8 @@ Where paper and code differ this file follows the code (docs/driftql.md): per-el
 sums over action dims), laplace as the default kernel (the paper's Sec. 5.5 says gaussian), min in the TD target by
 default, the step size eta, the finite self-mask (Alg. 1: +inf), N = 4 and noise dim 8 on cube-double (Table 5: N = 32).
 Speed flags (--compile, --precision bf16) are the same in all five scripts: README, "Benchmark". Under bf16
-this file keeps the critics, losses, TD targets, LayerNorms and the drift field (distances of nearby actions) in fp32.
+this file keeps the critics (a pixel encoder aside), losses, TD targets, LayerNorms and the drift field (distances
+of nearby actions) in fp32.
 Pixels (visual-* ids; --encoder impala_small --p-aug --frame-stack, the official hooks): visual.py, docs/visual.md.
 The full list, the commands for every task family and the logged metrics are in docs/driftql.md.
 

@@ -33,7 +33,7 @@ Deviations from the official code:
      best-of-n agent allocates no one-step actor (acfql builds one and never trains it). The 100M-transition
      cube-quadruple folders train through --dataset-dir (docs/shards.md).
 Speed flags (--compile, --precision bf16) are the same in all five scripts: README, "Benchmark". Under bf16
-this file keeps the critics, losses, TD targets and LayerNorms in fp32.
+this file keeps the critics (a pixel encoder aside), losses, TD targets and LayerNorms in fp32.
 Pixels (visual-* ids; --encoder impala_small --p-aug --frame-stack, the official hooks): visual.py, docs/visual.md.
 The full list, the commands for every task family and the logged metrics are in docs/fql.md.
 

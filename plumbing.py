@@ -160,8 +160,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 # ---------------------------------------------------------------------------------------------------- speed flags
 def autocast(precision: str, device: torch.device):
     """--precision: bf16 autocasts the matmuls inside the block to bfloat16 while the parameters, their gradients and
-    the optimizer state stay fp32; each script keeps its losses, TD targets, LayerNorms (and drift fields) in fp32.
-    fp32 makes the block a no-op."""
+    the optimizer state stay fp32; each script keeps its critics (their pixel encoders aside), losses, TD targets,
+    LayerNorms (and drift fields) in fp32. fp32 makes the block a no-op."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 

@@ -143,6 +143,9 @@ def main(args: Args) -> str:
     if args.checkpoint:  # a run's weights, flags and task; measured in fp32 against bf16 whatever it trained in
         payload = runfiles.load_checkpoint(args.checkpoint, args.algo, device)
         margs = replace(mod.Args(**payload["args"]), precision="fp32", device="cpu")
+        if getattr(margs, "horizon", 1) > 1 or getattr(margs, "actor_type", "distill-ddpg") != "distill-ddpg":
+            raise common.UsageError(f"--checkpoint {args.checkpoint}: a chunked or best-of-n run; this measurement "
+                                    "takes h = 1 runs with a one-step actor: pass such a checkpoint")
         args = replace(args, env_id=margs.env_id, hidden=tuple(margs.value_hidden_dims), warmup_steps=0)
         origin = f"at {args.checkpoint} (step {payload['step']}, trained in {payload['args'].get('precision')})"
     else:

@@ -52,3 +52,11 @@ def test_a_checkpoint_is_measured_at_its_own_weights_and_flags(ogbench_dir, tmp_
     assert "16 networks, at " in text and "(step 3, trained in bf16)" in text and "| action contrast" in text
     with pytest.raises(common.UsageError, match="written by fql.py, not driftql.py"):
         bf16_error.main(bf16_error.Args(algo="driftql", checkpoint=ckpt, batches=1))
+
+
+def test_a_chunked_checkpoint_is_refused_with_one_line(ogbench_dir, tmp_path):
+    import fql
+    fql.main(fql.Args(env_id=MAZE_ID, actor_hidden_dims=(16,), value_hidden_dims=(16,), batch_size=16, device="cpu",
+                      offline_steps=2, eval_interval=2, eval_episodes=1, horizon=2, runs_dir=str(tmp_path)))
+    with pytest.raises(common.UsageError, match="a chunked or best-of-n run"):
+        bf16_error.main(bf16_error.Args(algo="fql", checkpoint=f"{conftest.run_dir_of(tmp_path)}/fql.pt", batches=1))
