@@ -64,7 +64,7 @@ class Args:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto takes CUDA when present and says so loudly when it falls back to the CPU"""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 autocasts the actors' matmuls (fp32 parts: docstring above); not yet shown to learn as well: use fp32"""
+    """bf16 autocasts the actors' matmuls (fp32 parts: docstring above); FQL learned worse with it: use fp32"""
     compile: bool = False
     """torch.compile the loss computation (fullgraph) and the policy, with a fused Adam; CUDA graphs on CUDA"""
     track: bool = False
