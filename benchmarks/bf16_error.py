@@ -137,6 +137,9 @@ def measure(mod, algo: str, nets, batch, args, noise_seed: int) -> dict:
 
 
 def main(args: Args) -> str:
+    if args.batches < 1 or args.warmup_steps < 0:
+        raise common.UsageError(f"--batches {args.batches} --warmup-steps {args.warmup_steps}: measure at least one "
+                                "batch after zero or more warm-up steps (--batches 1 or more, --warmup-steps 0 or more)")
     torch.set_num_threads(args.threads)
     mod = importlib.import_module(args.algo)
     device = torch.device("cpu")

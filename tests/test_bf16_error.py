@@ -60,3 +60,9 @@ def test_a_chunked_checkpoint_is_refused_with_one_line(ogbench_dir, tmp_path):
                       offline_steps=2, eval_interval=2, eval_episodes=1, horizon=2, runs_dir=str(tmp_path)))
     with pytest.raises(common.UsageError, match="a chunked or best-of-n run"):
         bf16_error.main(bf16_error.Args(algo="fql", checkpoint=f"{conftest.run_dir_of(tmp_path)}/fql.pt", batches=1))
+
+
+@pytest.mark.parametrize("flags", [dict(batches=0), dict(warmup_steps=-1)])
+def test_a_measurement_of_nothing_is_refused_with_one_line(flags):
+    with pytest.raises(common.UsageError, match="--batches 1 or more, --warmup-steps 0 or more"):
+        bf16_error.main(bf16_error.Args(**flags))
