@@ -222,10 +222,11 @@ class Run:
 
     def log(self, step: int, metrics: Optional[dict] = None, episode: Optional[dict] = None) -> None:
         """After each step: watch the losses for NaN/inf (no host sync), advance the progress bar, write a finished
-        online episode to online/*, and at every --log-interval the losses to losses/* (one host sync). Without a
-        terminal a progress line also comes every 2 % of the steps or every minute, whichever is sooner."""
+        online episode to online/* and online.csv, and at every --log-interval the losses to losses/* (one host sync).
+        Without a terminal a progress line also comes every 2 % of the steps or every minute, whichever is sooner."""
         if episode is not None:
             log_scalars(self.writer, "online", episode, step)
+            runfiles.append_csv(self.dir / "online.csv", step, episode)
             self.successes = (self.successes + [episode.get("success", 0.0)])[-20:]
             online = f"online success (last {len(self.successes)} episodes) {np.mean(self.successes):.2f}"
             self.bar.set_postfix_str(", ".join(filter(None, [self.last_eval, online])))

@@ -1,7 +1,7 @@
 """What a run writes to disk and reads back: the run folder with its lock and args.json (flags and provenance),
-eval.csv, and the checkpoint, written atomically and checked on load; `load_policy` turns a checkpoint back into the
-policy it evaluated. A reader of a method can skip this file; plumbing.py's `Run` is its only caller in a script,
-and a user who wants a trained policy needs only `load_policy`.
+eval.csv and online.csv, and the checkpoint, written atomically and checked on load; `load_policy` turns a
+checkpoint back into the policy it evaluated. A reader of a method can skip this file; plumbing.py's `Run` is its
+only caller in a script, and a user who wants a trained policy needs only `load_policy`.
 """
 import csv
 import importlib
@@ -61,20 +61,21 @@ def start_run(args, script: str, changed: Optional[dict] = None, resumed: int = 
         lock = acquire(run_dir)
         purge_step = resumed + 1
         try:
-            if (run_dir / "eval.csv").exists():
-                with open(run_dir / "eval.csv", newline="") as f:
-                    rows = list(csv.DictReader(f))
-                if rows and int(rows[-1]["step"]) >= purge_step:
-                    kept = io.StringIO()
-                    w = csv.DictWriter(kept, fieldnames=list(rows[0]))
-                    w.writeheader()
-                    w.writerows(r for r in rows if int(r["step"]) < purge_step)
-                    write_atomic(run_dir / "eval.csv", kept.getvalue())
+            for table in ("eval.csv", "online.csv"):
+                if (run_dir / table).exists():
+                    with open(run_dir / table, newline="") as f:
+                        rows = list(csv.DictReader(f))
+                    if rows and int(rows[-1]["step"]) >= purge_step:
+                        kept = io.StringIO()
+                        w = csv.DictWriter(kept, fieldnames=list(rows[0]))
+                        w.writeheader()
+                        w.writerows(r for r in rows if int(r["step"]) < purge_step)
+                        write_atomic(run_dir / table, kept.getvalue())
             record = json.loads((run_dir / "args.json").read_text()) if (run_dir / "args.json").exists() else \
                 {"script": script, **asdict(args), "run": provenance()}
         except (ValueError, KeyError, TypeError, csv.Error) as e:  # a damaged eval.csv or args.json
             release(lock)
-            raise UsageError(f"--resume {args.resume}: the run folder's eval.csv or args.json is damaged "
+            raise UsageError(f"--resume {args.resume}: the run folder's eval.csv, online.csv or args.json is damaged "
                              f"({type(e).__name__}); restore them or start a new run") from None
         record.update({k: new for k, (old, new) in (changed or {}).items() if k != "lr"})
         record.setdefault("run", {}).setdefault("continuations", []).append(
@@ -168,7 +169,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def append_csv(path: Path, step: int, metrics: dict) -> None:
-    """Appends one row to eval.csv (header written on first use)."""
+    """Appends one row to eval.csv or online.csv (header written on first use)."""
     new = not path.exists()
     try:
         with open(path, "a", newline="") as f:

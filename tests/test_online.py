@@ -1,6 +1,7 @@
 """Offline-to-online fine-tuning (--online-steps): the shared collector and every script's online phase."""
 import csv
 import importlib
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -221,6 +222,22 @@ def test_resume_mid_online_keeps_the_transitions_and_the_step(name, ogbench_dir,
     # a fresh episode after the resume: row 26 starts from a reset, not from row 25's next observation
     rows = last["online"]["rows"]
     assert not torch.equal(rows["observations"][25], rows["next_observations"][24])
+
+
+@pytest.mark.slow
+def test_online_episodes_go_to_online_csv_and_a_resume_drops_rows_past_its_checkpoint(ogbench_dir, tmp_path):
+    """plot.py's offline-to-online table reads online.csv: one row per collected episode at its global step."""
+    mod, args = tiny_args("fql", env_id=CUBE_ID, offline_steps=2, online_steps=210, start_training=205,
+                          eval_interval=1000, runs_dir=str(tmp_path))
+    mod.main(args)
+    d = run_dir_of(tmp_path)
+    rows = list(csv.DictReader(open(f"{d}/online.csv")))
+    assert [(r["step"], r["episodic_length"]) for r in rows] == [("202", "200")]  # 2 offline + 200 env steps
+    assert set(rows[0]) == {"step", "episodic_return", "episodic_length", "success"}
+    before = open(f"{d}/online.csv").read()
+    runfiles.append_csv(Path(d) / "online.csv", 213, {k: v for k, v in rows[0].items() if k != "step"})  # killed
+    mod.main(mod.Args(**{**vars(args), "online_steps": 215, "resume": f"{d}/fql.pt"}))  # from its step-212 checkpoint
+    assert open(f"{d}/online.csv").read() == before
 
 
 @pytest.mark.slow
