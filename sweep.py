@@ -288,9 +288,12 @@ def alive(record: Optional[dict], key: str) -> bool:
         return False
     try:
         os.kill(record[key], 0)
-        return True
     except (ProcessLookupError, PermissionError):
         return False
+    try:  # a process that ended but that nobody reaped yet (a zombie) is not alive
+        return Path(f"/proc/{record[key]}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def state_of(folder: Path) -> tuple:
@@ -444,15 +447,24 @@ def run_here(executor, todo: list, parallel: int) -> dict:
     except KeyboardInterrupt as e:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        scripts = [read_json(Path(run.folder) / "running.json") for run in active.values()]  # the job removes it
         for job in active:
             job.cancel()  # SIGINT to the job: it stops its script (SIGTERM, then SIGKILL after 60 s) and ends
-        deadline = time.time() + 90
-        while any(not job.done() for job in active) and time.time() < deadline:
+        # submitit's controller kills a job 1 s after passing it the SIGINT, which can leave the script running on
+        # its own (it gets a SIGTERM when its job dies): wait for the scripts too, and kill what is left at the end
+        deadline = time.time() + 60
+        while (any(not job.done() for job in active) or any(alive(s, "pid") for s in scripts)) \
+                and time.time() < deadline:
             time.sleep(0.2)
         for job in active:  # a job that did not end in time
             proc = getattr(job, "_process", None)
             if proc is not None and proc.poll() is None:
                 proc.kill()
+        for record in scripts:  # a script that did not end in time
+            if alive(record, "pid"):
+                os.kill(record["pid"], signal.SIGKILL)
+        while any(alive(s, "pid") for s in scripts) and time.time() < deadline + 5:
+            time.sleep(0.05)
         signum = e.args[0] if e.args else signal.SIGINT
         print(f"stopped by {signal.Signals(signum).name}: {len(active)} runs stopped; relaunch the same command to "
               "resume them", file=sys.stderr)
