@@ -11,10 +11,13 @@ evaluated the flow-BC baseline (--eval-bc-flow), that baseline is a method of it
 - A markdown table of final scores (printed and written to final_scores.md): the final score of a run is the mean of
   its last 3 evaluations after step 1; the table gives the mean over seeds, its 95 % bootstrap CI from 3 or more
   seeds (else each run's score) and the number of seeds.
-- aggregate.png: per method, the interquartile mean (IQM) of the final scores of all its runs over all tasks, with a
-  95 % stratified bootstrap CI (seeds resampled within each task), the protocol of Agarwal et al., "Deep RL at the
-  Edge of the Statistical Precipice" (NeurIPS 2021). Their rliable package (1.2.0) does not import next to pandas 3
-  (its arch dependency breaks) and does not run with arch 8, so the IQM and the bootstrap are written out below.
+- aggregate.png: one panel per metric and set of tasks, holding the methods that ran on all those tasks (a method
+  with more tasks is also shown on fewer, so methods are only compared on the same tasks): per method, the
+  interquartile mean (IQM) of its runs' final scores on those tasks, with a 95 % stratified bootstrap CI (seeds
+  resampled within each task; drawn where each task has 3 or more seeds), the protocol of Agarwal et al., "Deep RL
+  at the Edge of the Statistical Precipice" (NeurIPS 2021). Their rliable package (1.2.0) does not import next to
+  pandas 3 (its arch dependency breaks) and does not run with arch 8, so the IQM and the bootstrap are written out
+  below.
 - online.md, for offline-to-online runs (run folders with online.csv): per group, the switch, the success there, the
   final score, that of its offline control (the same flags apart from the online-only ones) and the online episodes
   that reached the goal.
@@ -266,28 +269,30 @@ def plot_task(path: Path, task: str, metric: str, curves: dict, seed: int, resam
 
 
 def plot_aggregate(path: Path, rows: list, ntasks: int) -> None:
-    """One panel per metric (a success rate and a return never share an axis): per method, the IQM of its final
-    scores with the 95 % stratified bootstrap CI. Long method names wrap; nothing is cut off."""
+    """One panel per metric and set of tasks (a success rate and a return never share an axis, and methods are
+    compared on the same tasks only): per method, the IQM of its final scores with the 95 % stratified bootstrap CI.
+    Long method and task names wrap; nothing is cut off."""
     import textwrap
 
     import matplotlib.pyplot as plt
 
-    metrics = sorted({r["metric"] for r in rows})
-    sizes = [sum(r["metric"] == m for r in rows) for m in metrics]
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(7.2, 0.6 * sum(sizes) + 1.3 * len(metrics)), squeeze=False,
+    panels = list(dict.fromkeys((r["metric"], r["task_set"]) for r in rows))
+    sizes = [sum((r["metric"], r["task_set"]) == k for r in rows) for k in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.2, 0.6 * sum(sizes) + 1.6 * len(panels)), squeeze=False,
                              gridspec_kw=dict(height_ratios=sizes))
-    for ax, metric in zip(axes[:, 0], metrics):
-        mine = [r for r in rows if r["metric"] == metric]
-        for i, r in enumerate(mine):  # no interval from fewer than 3 runs
-            err = [[r["iqm"] - r["ci"][0]], [r["ci"][1] - r["iqm"]]] if r["runs"] >= 3 else None
+    for ax, (metric, task_set) in zip(axes[:, 0], panels):
+        mine = [r for r in rows if (r["metric"], r["task_set"]) == (metric, task_set)]
+        for i, r in enumerate(mine):  # no interval where a task has fewer than 3 seeds
+            err = [[r["iqm"] - r["ci"][0]], [r["ci"][1] - r["iqm"]]] if r["fewest_seeds"] >= 3 else None
             ax.errorbar(r["iqm"], i, xerr=err, fmt="o", capsize=4)
-        ax.set_yticks(range(len(mine)), [textwrap.fill(f"{r['method']} ({r['tasks']} task{'s' * (r['tasks'] > 1)}, "
-                                                       f"{r['runs']} run{'s' * (r['runs'] > 1)})", 45) for r in mine],
-                      fontsize=8)
+        ax.set_yticks(range(len(mine)), [textwrap.fill(f"{r['method']} ({r['runs']} run{'s' * (r['runs'] > 1)})", 45)
+                                         for r in mine], fontsize=8)
         ax.invert_yaxis()
+        ax.set_title(textwrap.fill(f"{len(task_set)} task{'s' * (len(task_set) > 1)}: {', '.join(task_set)}", 80),
+                     fontsize=8)
         ax.set_xlabel(f"IQM of the final {metric} (95 % stratified bootstrap CI)", fontsize=9)
         ax.grid(alpha=0.3, axis="x")
-    axes[0, 0].set_title(f"Aggregate over {ntasks} task{'s' * (ntasks > 1)}")
+    fig.suptitle(f"Aggregate over {ntasks} task{'s' * (ntasks > 1)}, methods compared on the same tasks", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -329,12 +334,19 @@ def main(args: Args) -> dict:
                               seeds=len(finals), finals=finals,
                               seed_ids=sorted(seeds), commits=sorted(c[:7] for c in commits[task, method]),
                               steps=f"{last_steps[0]}" + (f"-{last_steps[-1]}" if len(last_steps) > 1 else "")))
-    aggregate = []
-    for method, metric in sorted({(r["method"], r["metric"]) for r in table}):  # never pool two metrics
-        per_task = [r["finals"] for r in table if (r["method"], r["metric"]) == (method, metric)]
-        ci = stratified_bootstrap_ci(per_task, rng_of(args.seed, method, metric), args.resamples)
-        aggregate.append(dict(method=method, metric=metric, iqm=iqm(np.concatenate(per_task)), tasks=len(per_task),
-                              runs=sum(map(len, per_task)), ci=ci))
+    aggregate = []  # one comparison per metric and set of tasks: a method enters it if it ran on all those tasks
+    tasks_of = defaultdict(set)
+    for r in table:
+        tasks_of[r["method"], r["metric"]].add(r["task"])
+    for metric, task_set in sorted({(metric, tuple(sorted(tasks))) for (_, metric), tasks in tasks_of.items()},
+                                   key=lambda k: (k[0], -len(k[1]), k[1])):  # never pool two metrics
+        for method in sorted(m for (m, mt), tasks in tasks_of.items() if mt == metric and tasks >= set(task_set)):
+            per_task = [r["finals"] for r in table if (r["method"], r["metric"]) == (method, metric)
+                        and r["task"] in task_set]
+            ci = stratified_bootstrap_ci(per_task, rng_of(args.seed, method, metric, *task_set), args.resamples)
+            aggregate.append(dict(method=method, metric=metric, task_set=task_set, tasks=len(task_set),
+                                  iqm=iqm(np.concatenate(per_task)), runs=sum(map(len, per_task)), ci=ci,
+                                  fewest_seeds=min(map(len, per_task))))
     plot_aggregate(out / "aggregate.png", aggregate, len(metrics))
     fmt = lambda x: "–" if np.isnan(x) else f"{x:.3f}"  # noqa: E731
     spread = lambda r: f"[{fmt(r['ci'][0])}, {fmt(r['ci'][1])}]" if r["seeds"] >= 3 else \

@@ -10,7 +10,7 @@ from PIL import Image
 import driftql
 import fql
 import plot
-from conftest import run_dir_of
+from conftest import MAZE_ID, run_dir_of
 
 CUBE = "cube-single-play-singletask-task2-v0"
 
@@ -153,6 +153,28 @@ def test_the_aggregate_never_pools_two_metrics(runs, tmp_path):
     assert [r["commits"] for r in out["table"] if r["method"] == "driftql"] == [["abcdef1"], ["?"]]  # bandit, cube
     driftql_rows = sorted((r["metric"], r["tasks"], r["iqm"]) for r in out["aggregate"] if r["method"] == "driftql")
     assert driftql_rows == [("episodic_return", 1, 2.0), ("success_rate", 1, pytest.approx(0.3))]
+
+
+def test_the_aggregate_compares_methods_on_the_same_tasks_only(runs, tmp_path):
+    # FQL (alpha 10) also on a second task, where it scores 1.0: DriftQL ran on the cube only
+    for seed in range(3):
+        write_run(runs, f"maze__fql__{seed}", fql, rows([1, 10, 20, 30], success_rate=[0, 1, 1, 1]), env_id=MAZE_ID,
+                  seed=seed, alpha=10.0)
+    out = plot.main(plot.Args(folders=(str(runs),), out=str(tmp_path / "fig"), resamples=50))
+    panels = {}
+    for r in out["aggregate"]:
+        if r["metric"] == "success_rate":
+            panels.setdefault(r["task_set"], {})[r["method"]] = r
+    both = tuple(sorted((CUBE, MAZE_ID)))
+    assert set(panels) == {both, (CUBE,)}
+    assert set(panels[both]) == {"fql"}  # DriftQL has no maze runs: it is not set beside FQL's two-task score
+    fql_both = panels[both]["fql"]
+    assert fql_both["fewest_seeds"] == 3 and fql_both["runs"] == 6
+    assert fql_both["iqm"] == pytest.approx(0.775)  # the IQM of 0.4, 0.5, 0.6, 1, 1, 1
+    # on the cube alone both are there, FQL with its cube runs only (0.4, 0.6, 0.5)
+    assert {"fql", "driftql"} <= set(panels[(CUBE,)])
+    assert panels[(CUBE,)]["fql"]["iqm"] == pytest.approx(0.5) and panels[(CUBE,)]["fql"]["runs"] == 3
+    assert panels[(CUBE,)]["driftql"]["iqm"] == pytest.approx(0.3)
 
 
 def test_online_runs_get_a_row_with_the_switch_their_control_and_the_episodes_at_the_goal(tmp_path):
