@@ -426,6 +426,9 @@ def run_here(executor, todo: list, parallel: int) -> dict:
     started and waits for them to end (each stops its script, which keeps its last checkpoint: a relaunch resumes)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupt)
+        # started in the background (`&`, nohup), SIGINT comes ignored, and the jobs would inherit that and ignore
+        # the SIGINT that stops them; with a handler here they start with the default one
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     for r in todo:
         r.visible_gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         write_json(Path(r.folder) / "job.json", cluster="local", host=socket.gethostname(), launcher_pid=os.getpid())

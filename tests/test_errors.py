@@ -272,7 +272,8 @@ def test_stopping_collect_stops_its_workers_and_keeps_the_old_pair(sig, tmp_path
         path.write_bytes(b"old " + path.name.encode())
     proc = subprocess.Popen([sys.executable, "collect.py", MAZE, "--num-episodes", "200", "--workers", "2",
                              "--data-dir", str(tmp_path)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},  # SIGINT as in a terminal's foreground,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even under `&`/nohup
     deadline = time.time() + 120
     while len(children(proc.pid)) < 3 and time.time() < deadline:  # 2 workers + the resource tracker
         time.sleep(0.2)

@@ -228,11 +228,14 @@ def test_sigterm_stops_the_sweep_and_every_run_it_started_even_a_hung_one(tmp_pa
     flags = ["offline-steps=100000", "eval-interval=20", *TINY]
     cmd = [sys.executable, "sweep.py", "fql.py", "--env-ids", "bandit-4gaussian", "--seeds", "0-1", "--parallel", "2",
            "--sweep-dir", str(tmp_path), "--flags", *flags]
-    proc = subprocess.Popen(cmd, cwd=sweep.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # launched as a shell launches a background job (`&`, nohup): with SIGINT ignored, which its children inherit
+    proc = subprocess.Popen(cmd, cwd=sweep.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         wait_for(lambda: len(list(tmp_path.glob("*/*/fql.pt"))) == 2, timeout=180)
         assert len(processes_under(tmp_path)) >= 2  # the scripts (and their jobs) are running
-        hung = json.loads(sorted(tmp_path.glob("*/running.json"))[0].read_text())["pid"]
+        hung_run, other_run = folders(tmp_path)
+        hung = json.loads((hung_run / "running.json").read_text())["pid"]
         os.kill(hung, signal.SIGSTOP)  # one script cannot act on signals: it stands for one stuck while stopping
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=200)
@@ -243,5 +246,8 @@ def test_sigterm_stops_the_sweep_and_every_run_it_started_even_a_hung_one(tmp_pa
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("stopped by SIGTERM: 2 runs stopped"), err[-600:]
     assert processes_under(tmp_path) == []  # nothing of the sweep survives it, the hung script included
+    log = (other_run / "log.txt").read_text()  # the other script stopped itself (its one line), it was not killed
+    assert log.strip().splitlines()[-1].startswith("error: stopped by SIGTERM"), log[-600:]
+    assert "Traceback" not in log, log[-2000:]
     for ckpt in tmp_path.glob("*/*/fql.pt"):  # each run keeps a checkpoint to resume from
         assert torch.load(ckpt, weights_only=True)["step"] >= 1
