@@ -49,6 +49,10 @@ def cli(main: Callable, args_type: type) -> None:
         oom = isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e)
         if isinstance(e, RuntimeError) and not oom:
             raise
+        # a second Ctrl-C or SIGTERM must not cut the clean-up short (a local sweep's stop sends two: its job's, then
+        # the one a script gets when its job ends)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         from tqdm import tqdm
 
         for bar in list(getattr(tqdm, "_instances", [])):  # end a progress bar's line before the message

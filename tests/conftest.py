@@ -109,13 +109,14 @@ def cli(script, argv, capsys, monkeypatch):
     mod = importlib.import_module(script)
     monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])
     monkeypatch.delenv(plumbing.TRACEBACK_VAR, raising=False)
-    old, code = signal.getsignal(signal.SIGTERM), 0
+    old, code = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}, 0
     try:
         plumbing.cli(mod.main, mod.Args)
     except SystemExit as e:
         code = e.code
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
     return code, capsys.readouterr().err.splitlines()
 
 

@@ -18,6 +18,7 @@ import torch
 
 import common
 import plot
+import plumbing
 import runfiles
 from conftest import MAZE_ID, ROOT, assert_one_line, cli, run_dir_of
 
@@ -159,6 +160,26 @@ def test_a_stop_before_the_first_checkpoint_removes_the_run_folder(tmp_path, cap
     monkeypatch.setattr(common, "evaluate", stopped)
     code, err = cli("fql", [*TINY, "--offline-steps", "4", "--runs-dir", str(tmp_path / "runs")], capsys, monkeypatch)
     assert code == 128 + signal.SIGTERM and len(err) == 1 and "removed the run folder" in err[0]
+    assert os.listdir(tmp_path / "runs") == []
+
+
+def test_a_second_signal_during_the_clean_up_does_not_cut_it_short(tmp_path, capsys, monkeypatch):
+    def stopped(*a, **kw):
+        raise KeyboardInterrupt(signal.SIGTERM)
+
+    def close_then_signalled(self):  # a second SIGTERM arrives while the run's logs are being closed
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_close(self)
+
+    real_close = plumbing.Run.close
+    monkeypatch.setattr(common, "evaluate", stopped)
+    monkeypatch.setattr(plumbing.Run, "close", close_then_signalled)
+    try:
+        code, err = cli("fql", [*TINY, "--offline-steps", "4", "--runs-dir", str(tmp_path / "runs")], capsys,
+                        monkeypatch)
+    except KeyboardInterrupt:
+        pytest.fail("the second SIGTERM interrupted the clean-up")
+    assert code == 128 + signal.SIGTERM and len(err) == 1 and "removed the run folder" in err[0], err
     assert os.listdir(tmp_path / "runs") == []
 
 
