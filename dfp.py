@@ -96,6 +96,8 @@ class Args:
     """the wandb entity (team)"""
     save_model: bool = True
     """save `<exp_name>.pt` in the run folder at every evaluation"""
+    save_interval: Optional[int] = None
+    """also save it every this many steps (default: at evaluations only): a --resume after a kill repeats less"""
     runs_dir: str = "runs"
     """parent folder of the run folders"""
     resume: Optional[str] = None

@@ -61,9 +61,8 @@ class Args:
 
 # flags that do not change what a run trains or measures: set aside when runs are grouped
 BOOKKEEPING = {"script", "run", "env_id", "seed", "exp_name", "runs_dir", "resume", "device", "torch_deterministic",
-               "track", "compile",
-               "wandb_project_name", "wandb_entity", "save_model", "log_interval", "eval_interval", "offline_steps",
-               "eval_bc_flow"}
+               "track", "compile", "wandb_project_name", "wandb_entity", "save_model", "save_interval", "log_interval",
+               "eval_interval", "offline_steps", "eval_bc_flow"}
 
 
 # ---------------------------------------------------------------------------------------------------- reading

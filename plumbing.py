@@ -91,7 +91,7 @@ TRAIN_LIMITS = dict(seed="[0, 4294967295]", eval_interval="[1, inf)", eval_episo
                     log_interval="[1, inf)", offline_steps="[1, inf)", batch_size="[1, inf)", lr="(0, inf)",
                     actor_hidden_dims="[1, inf)", value_hidden_dims="[1, inf)", discount="[0, 1]", tau="(0, 1]",
                     online_steps="[0, inf)", buffer_size="[0, inf)", start_training="[0, inf)",
-                    dataset_replace_interval="[1, inf)", dataset_proportion="(0, 1]")
+                    dataset_replace_interval="[1, inf)", dataset_proportion="(0, 1]", save_interval="[1, inf)")
 
 
 def _bound(text: str, args) -> float:
@@ -190,7 +190,7 @@ def compiled(fn, device: torch.device):
 # changed budget or schedule changes the course of the rest of the run; unchanged flags resume bit-exactly.
 CONTINUATION_FLAGS = ("offline_steps", "online_steps", "eval_interval", "log_interval", "runs_dir", "resume", "lr",
                       "device", "torch_deterministic", "compile", "track", "wandb_project_name", "wandb_entity",
-                      "save_model")
+                      "save_model", "save_interval")
 ONLINE_FLAGS = ("buffer_size", "start_training", "balanced_sampling", "fix_bc_flow_online")
 
 
@@ -238,6 +238,10 @@ class Run:
             self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(metrics["total_loss"]), step,
                                         self.bad_step)
         self.bar.update()
+        every = self.args.save_interval
+        if every and self.args.save_model and step % every == 0 and not self.eval_step(step):
+            self.check_finite()
+            self.save(step)
         if step == self.steps and self.args.online_steps:
             self.bar.write(f"offline done at step {step}; online for {self.args.online_steps} env steps")
         if metrics is not None and (step % self.args.log_interval == 0 or step == self.total):
@@ -248,10 +252,14 @@ class Run:
             log_train(None, self.bar, {}, step, self.first, self.t0)
             self.last_line = time.time()
 
+    def eval_step(self, step: int) -> bool:
+        """At step 1, every --eval-interval, at the end of the offline phase and at the end."""
+        return step == 1 or step % self.args.eval_interval == 0 or step == self.steps or step == self.total
+
     def eval_due(self, step: int) -> bool:
-        """Whether to evaluate now: at step 1, every --eval-interval, at the end of the offline phase and at the end.
-        Stops with the NaN error first if a loss went non-finite, so no evaluation or checkpoint follows a NaN."""
-        due = step == 1 or step % self.args.eval_interval == 0 or step == self.steps or step == self.total
+        """Whether to evaluate now (eval_step). Stops with the NaN error first if a loss went non-finite, so no
+        evaluation or checkpoint follows a NaN."""
+        due = self.eval_step(step)
         if due:
             self.check_finite()
         return due

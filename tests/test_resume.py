@@ -69,3 +69,33 @@ def test_resume_drops_what_the_interrupted_attempt_wrote_after_its_checkpoint(tm
     fql.main(tiny_args(fql, offline_steps=6, runs_dir=str(tmp_path), resume=f"{d}/fql.pt"))
     rows = list(csv.DictReader(open(f"{d}/eval.csv")))
     assert [r["step"] for r in rows] == ["1", "2", "4", "6"] and float(rows[-1]["episodic_return"]) != 1
+
+
+@pytest.mark.parametrize("name", ["fql", "qam"])
+def test_save_interval_checkpoints_between_evaluations_and_resumes_bit_exactly(name, tmp_path, monkeypatch):
+    """--save-interval 3 with evaluations every 4: a checkpoint at step 6 (no evaluation there), resumed to 8, ends
+    as the uninterrupted run does; runs without the flag save at evaluations only."""
+    mod = importlib.import_module(name)
+    mod.main(tiny_args(mod, offline_steps=8, eval_interval=4, runs_dir=str(tmp_path / "whole")))
+    saved_at, real_save = [], torch.save
+
+    def save_and_keep(obj, path, *a, **kw):  # keep each checkpoint the run writes, by step
+        real_save(obj, path, *a, **kw)
+        saved_at.append(obj["step"])
+        real_save(obj, tmp_path / f"step{obj['step']}.pt")
+
+    monkeypatch.setattr(torch, "save", save_and_keep)
+    mod.main(tiny_args(mod, offline_steps=8, eval_interval=4, save_interval=3, runs_dir=str(tmp_path / "a")))
+    monkeypatch.undo()
+    assert saved_at == [1, 3, 4, 6, 8]  # evaluations at 1, 4 and 8, and every 3 steps between them
+    # the run as a kill after step 7 leaves it: its step-6 checkpoint, and eval.csv rows to step 4 (and none past 6)
+    d = Path(run_dir_of(tmp_path / "a"))
+    (d / f"{name}.pt").write_bytes((tmp_path / "step6.pt").read_bytes())
+    mod.main(tiny_args(mod, offline_steps=8, eval_interval=4, save_interval=3, runs_dir=str(tmp_path / "a"),
+                       resume=str(d / f"{name}.pt")))
+    whole, resumed = (runfiles.load_checkpoint(f"{run_dir_of(tmp_path / r)}/{name}.pt", name, CPU)
+                      for r in ("whole", "a"))
+    assert whole["step"] == resumed["step"] == 8
+    for k, v in whole["nets"].items():
+        assert torch.equal(v, resumed["nets"][k]), k
+    assert open(d / "eval.csv").read() == open(f"{run_dir_of(tmp_path / 'whole')}/eval.csv").read()
