@@ -103,9 +103,9 @@ class Args:
     resume: Optional[str] = None
     """a checkpoint of this script to continue from (networks, targets, optimizer, step and torch's random streams)
     in its own folder, bit-exactly with the same flags. Only --offline-steps, --online-steps, --eval-interval,
-    --log-interval, --runs-dir, --device, --torch-deterministic, --compile, --lr and the logging flags may change
-    (a changed budget or schedule changes the noise drawn after it), and the online flags and --offline-steps while
-    the checkpoint is from the offline phase; args.json records each continuation"""
+    --log-interval, --save-interval, --runs-dir, --device, --torch-deterministic, --compile, --lr and the logging
+    flags may change (a changed budget or schedule changes the noise drawn after it), and the online flags and
+    --offline-steps while the checkpoint is from the offline phase; args.json records each continuation"""
     # --- data and evaluation
     env_id: str = "cube-single-play-singletask-task2-v0"
     """OGBench single-task id, Minari dataset id, D4RL alias (antmaze-large-play-v2) or bandit-4gaussian"""

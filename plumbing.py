@@ -60,6 +60,8 @@ def cli(main: Callable, args_type: type) -> None:
         for run in list(Run.active):  # flush its logs and release its folder
             run.close()
         removed = _remove_unfinished_runs()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the clean-up is done: what runs at exit (a wandb
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # sync) may be stopped again
         if isinstance(e, KeyboardInterrupt):  # Ctrl-C, or SIGTERM through _raise_interrupt: exit 128 + the signal
             signum = e.args[0] if e.args else signal.SIGINT
             print(f"error: stopped by {signal.Signals(signum).name}{removed}", file=sys.stderr)

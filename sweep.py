@@ -155,9 +155,11 @@ def script_args(script: str, argv: list):
 
 def run_folder(sweep_dir: Path, script: str, parsed) -> Path:
     """<env>__<script>__<seed>__<hash>: the hash covers every flag that differs from the script's default (as
-    parsed, so alpha=300 and alpha=300.0 are the same run), the env id and seed aside."""
+    parsed, so alpha=300 and alpha=300.0 are the same run), the env id, the seed and --save-interval aside (adding
+    it to a relaunch resumes the same runs)."""
     defaults = dataclasses.asdict(importlib.import_module(script[:-3]).Args())
-    changed = {k: v for k, v in dataclasses.asdict(parsed).items() if k not in SWEEP_OWNED and v != defaults[k]}
+    changed = {k: v for k, v in dataclasses.asdict(parsed).items()
+               if k not in SWEEP_OWNED + ("save_interval",) and v != defaults[k]}  # a resume may change save_interval
     digest = hashlib.sha1(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return sweep_dir / f"{parsed.env_id.replace('/', '-')}__{script[:-3]}__{parsed.seed}__{digest}"
 
@@ -456,18 +458,24 @@ def run_here(executor, todo: list, parallel: int) -> dict:
         # submitit's controller kills a job 1 s after passing it the SIGINT, which can leave the script running on
         # its own (it gets a SIGTERM when its job dies): wait for the scripts too, and kill what is left at the end
         deadline = time.time() + 60
-        while (any(not job.done() for job in active) or any(alive(s, "pid") for s in scripts)) \
-                and time.time() < deadline:
+        while time.time() < deadline:
+            scripts = [s for s in scripts if alive(s, "pid")]  # once seen gone, a pid is never looked at again
+            if not scripts and all(job.done() for job in active):
+                break
             time.sleep(0.2)
         for job in active:  # a job that did not end in time
             proc = getattr(job, "_process", None)
             if proc is not None and proc.poll() is None:
                 proc.kill()
         for record in scripts:  # a script that did not end in time
-            if alive(record, "pid"):
+            try:
                 os.kill(record["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         while any(alive(s, "pid") for s in scripts) and time.time() < deadline + 5:
             time.sleep(0.05)
+        for run in active.values():  # its job, killed by submitit's controller, may not have removed it
+            (Path(run.folder) / "running.json").unlink(missing_ok=True)
         signum = e.args[0] if e.args else signal.SIGINT
         print(f"stopped by {signal.Signals(signum).name}: {len(active)} runs stopped; relaunch the same command to "
               "resume them", file=sys.stderr)

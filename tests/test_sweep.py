@@ -54,6 +54,7 @@ def test_grid_expands_and_names_stable_folders(tmp_path):
 
     a = one("alpha=300", "q-agg=min")
     assert a == one("q_agg=min", "--alpha=300.0", "discount=0.99")
+    assert a == one("alpha=300", "q-agg=min", "save-interval=5000")  # added to a relaunch, it resumes the same runs
     assert a.parent == tmp_path and a.name.startswith("cube-single-play-singletask-task1-v0__fql__3__")
     others = one("alpha=300"), one("alpha=30", "q-agg=min"), one("alpha=300", "q-agg=min", "layer-norm=False")
     assert len({a, *others}) == 4
