@@ -234,7 +234,8 @@ class Run(submitit.helpers.Checkpointable):
                 self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                               preexec_fn=_child_setup)
                 write_json(folder / "running.json", host=socket.gethostname(), pid=self._proc.pid, job_pid=os.getpid(),
-                           job_id=submitit.JobEnvironment().job_id)
+                           job_id=submitit.JobEnvironment().job_id, pid_start=start_time(self._proc.pid),
+                           job_pid_start=start_time(os.getpid()))
                 rc = self._proc.wait()
         finally:
             self._stop()
@@ -285,12 +286,25 @@ def read_json(path: Path) -> Optional[dict]:
 
 
 # ---------------------------------------------------------------------------------------------------- state of a run
+def start_time(pid: int) -> Optional[int]:
+    """When the process started (clock ticks after boot, /proc/<pid>/stat field 22); None where /proc is absent."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def alive(record: Optional[dict], key: str) -> bool:
+    """Whether the process record[key] of this host still runs: not ended, not a zombie, and not a later process
+    that got the same pid (its start time differs from the one recorded as record[key + '_start'])."""
     if not record or record.get("host") != socket.gethostname():
         return False
     try:
         os.kill(record[key], 0)
     except (ProcessLookupError, PermissionError):
+        return False
+    recorded = record.get(f"{key}_start")
+    if recorded is not None and start_time(record[key]) not in (None, recorded):
         return False
     try:  # a process that ended but that nobody reaped yet (a zombie) is not alive
         return Path(f"/proc/{record[key]}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -433,7 +447,8 @@ def run_here(executor, todo: list, parallel: int) -> dict:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     for r in todo:
         r.visible_gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        write_json(Path(r.folder) / "job.json", cluster="local", host=socket.gethostname(), launcher_pid=os.getpid())
+        write_json(Path(r.folder) / "job.json", cluster="local", host=socket.gethostname(), launcher_pid=os.getpid(),
+                   launcher_pid_start=start_time(os.getpid()))
     pending, active, out = list(todo), {}, {"launched": len(todo), "done": 0, "failed": 0}
     try:
         while pending or active:

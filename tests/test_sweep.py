@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -208,6 +209,20 @@ def test_slurm_array_parameters_and_mapping(tmp_path, capsys):
         assert subprocess.run([sys.executable, *command.split()], env=env).returncode == 0
         assert sweep.state_of(Path(runs[0].folder)) == ("done", "")
         assert runs[0].argv[:2] == ["--env-id", "bandit-4gaussian"]
+
+
+def test_a_pid_that_a_later_process_reuses_is_not_taken_for_the_run(tmp_path):
+    """running.json and job.json record each pid's start time; a live process with that pid but another start time
+    (the pid was reused after the run died) leaves the run 'failed', resumable, not 'running' or 'queued'."""
+    me, host = os.getpid(), socket.gethostname()
+    started = sweep.start_time(me)
+    assert isinstance(started, int)
+    (tmp_path / "log.txt").write_text("the run's output\n")
+    for start, state in ((started, "running"), (started + 1, "failed")):
+        sweep.write_json(tmp_path / "job.json", cluster="local", host=host, launcher_pid=me, launcher_pid_start=start)
+        sweep.write_json(tmp_path / "running.json", host=host, pid=me, job_pid=me, pid_start=start, job_pid_start=start)
+        assert sweep.state_of(tmp_path)[0] == state
+    assert sweep.alive(dict(host=host, pid=me), "pid")  # records written before start times were kept
 
 
 def processes_under(folder: Path) -> list:
