@@ -286,12 +286,18 @@ def read_json(path: Path) -> Optional[dict]:
 
 
 # ---------------------------------------------------------------------------------------------------- state of a run
-def start_time(pid: int) -> Optional[int]:
-    """When the process started (clock ticks after boot, /proc/<pid>/stat field 22); None where /proc is absent."""
+def proc_stat(pid: int) -> Optional[list]:
+    """The fields of /proc/<pid>/stat after the command name (state first, the start time 20th); None without /proc."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
+
+
+def start_time(pid: int) -> Optional[int]:
+    """When the process started, in clock ticks after boot (field 22 of /proc/<pid>/stat); None where unknown."""
+    fields = proc_stat(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
 
 
 def alive(record: Optional[dict], key: str) -> bool:
@@ -303,13 +309,12 @@ def alive(record: Optional[dict], key: str) -> bool:
         os.kill(record[key], 0)
     except (ProcessLookupError, PermissionError):
         return False
-    recorded = record.get(f"{key}_start")
-    if recorded is not None and start_time(record[key]) not in (None, recorded):
-        return False
-    try:  # a process that ended but that nobody reaped yet (a zombie) is not alive
-        return Path(f"/proc/{record[key]}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
+    fields, recorded = proc_stat(record[key]), record.get(f"{key}_start")
+    if not fields:
         return True
+    if recorded is not None and len(fields) > 19 and int(fields[19]) != recorded:
+        return False
+    return fields[0] != "Z"  # a process that ended but that nobody reaped yet (a zombie) is not alive
 
 
 def state_of(folder: Path) -> tuple:
