@@ -6,6 +6,8 @@ script receives as --runs-dir (it makes its run folder inside). The folder also 
   job.json     the job that runs it (Slurm id, or     running.json  host, pids of script and job while it runs
                the local sweep.py that launched it)   done        written after the script returned 0
   failed       the last error line of a failed attempt (removed when the next attempt starts)
+job.json and running.json record each pid's start time too, so a later process that reuses a pid is not taken for
+the run.
 
 Each run is one submitit job that starts the script as a child process. The script saves `<exp_name>.pt` at every
 evaluation, and a job that starts where a checkpoint exists passes `--resume`, which restores the networks, the
