@@ -224,7 +224,10 @@ class Run:
         print(f"{task.env_id}: {task.train.size} transitions, {steps} offline steps{online_part}, run folder "
               f"{self.dir}")
         self.t0, self.bar = time.time(), progress(self.first, self.total)
-        self.last_line, self.successes, self.last_eval = self.t0, [], ""
+        if resumed and (self.dir / "eval.csv").exists():  # the bar shows the score from before the interruption
+            rows = runfiles.read_csv(self.dir / "eval.csv")
+            self.bar.set_postfix_str(score_text(rows[-1]) if rows else "")
+        self.last_line, self.successes, self.last_eval = self.t0, [], getattr(self.bar, "postfix", None) or ""
 
     def log(self, step: int, metrics: Optional[dict] = None, episode: Optional[dict] = None) -> None:
         """After each step: watch the losses for NaN/inf (no host sync), advance the progress bar, write a finished
@@ -405,10 +408,15 @@ def log_train(writer, bar, metrics: dict, step: int, first: int, t0: float) -> d
     return values
 
 
+def score_text(result: dict) -> str:
+    """An evaluation's score for the progress bar: its normalized score, else success rate, else return."""
+    key = next((k for k in ("normalized_score", "success_rate", "episodic_return") if k in result), None)
+    return f"{key}={float(result[key]):.3f}" if key else ""
+
+
 def log_eval(bar, step: int, result: dict) -> None:
     """Prints the evaluation line above the progress bar and shows its score in the bar."""
-    key = next((k for k in ("normalized_score", "success_rate", "episodic_return") if k in result), None)
-    bar.set_postfix_str(f"{key}={result[key]:.3f}" if key else "")
+    bar.set_postfix_str(score_text(result))
     bar.write(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()))
 
 

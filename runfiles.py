@@ -63,8 +63,7 @@ def start_run(args, script: str, changed: Optional[dict] = None, resumed: int = 
         try:
             for table in ("eval.csv", "online.csv"):
                 if (run_dir / table).exists():
-                    with open(run_dir / table, newline="") as f:
-                        rows = list(csv.DictReader(f))
+                    rows = read_csv(run_dir / table)
                     if rows and int(rows[-1]["step"]) >= purge_step:
                         kept = io.StringIO()
                         w = csv.DictWriter(kept, fieldnames=list(rows[0]))
@@ -166,6 +165,12 @@ def write_atomic(path: Path, text: str) -> None:
             raise
         raise UsageError(f"cannot write {path} ({e.strerror})") from None
     os.replace(tmp, path)
+
+
+def read_csv(path: Path) -> list:
+    """The rows of eval.csv or online.csv, as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def append_csv(path: Path, step: int, metrics: dict) -> None:

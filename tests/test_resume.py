@@ -28,6 +28,18 @@ def test_resume_continues_from_the_checkpoint_step_with_its_state(name, tmp_path
     assert runfiles.load_checkpoint(f"{d}/{name}.pt", name, torch.device("cpu"))["step"] == 6
 
 
+def test_a_resumed_runs_progress_lines_show_the_score_from_before_the_interruption(tmp_path, capsys):
+    fql = importlib.import_module("fql")
+    fql.main(tiny_args(fql, offline_steps=4, runs_dir=str(tmp_path)))
+    d = run_dir_of(tmp_path)
+    last = float(list(csv.DictReader(open(f"{d}/eval.csv")))[-1]["episodic_return"])
+    capsys.readouterr()
+    fql.main(tiny_args(fql, offline_steps=60, eval_interval=100, log_interval=100, runs_dir=str(tmp_path),
+                       resume=f"{d}/fql.pt"))
+    first = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step 5/60"))
+    assert f"last eval episodic_return={last:.3f}" in first
+
+
 def test_resume_refuses_other_flags_and_other_scripts(tmp_path):
     fql, driftql = importlib.import_module("fql"), importlib.import_module("driftql")
     fql.main(tiny_args(fql, offline_steps=2, runs_dir=str(tmp_path / "a")))
