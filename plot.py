@@ -250,18 +250,19 @@ def plot_task(path: Path, task: str, metric: str, curves: dict, seed: int, resam
     """Mean over seeds at every step logged by any seed, with the 95 % bootstrap band where 3 or more seeds have it."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for method, seeds in curves.items():
+    fig, ax = plt.subplots(figsize=(9.6, 4.2))
+    for i, (method, seeds) in enumerate(curves.items()):  # past 10 curves the colours repeat, dashed
         steps = sorted(set().union(*seeds.values()))
         vals = [np.array([s[t] for s in seeds.values() if t in s]) for t in steps]
         mean = np.array([v.mean() for v in vals])
         rng = rng_of(seed, task, method, "curve")
         band = np.array([bootstrap_ci(v, rng, resamples) for v in vals])
-        (line,) = ax.plot(steps, mean, label=f"{method} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+        (line,) = ax.plot(steps, mean, f"C{i % 10}{'-' if i < 10 else '--'}",
+                          label=f"{method} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
         ax.fill_between(steps, band[:, 0], band[:, 1], color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set(title=task, xlabel="gradient step", ylabel=metric)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes, off the curves
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
